@@ -1,0 +1,43 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod guard;
+pub mod health;
+pub mod lifecycle;
+pub mod memory;
+pub mod outcome;
+pub mod publisher;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::{PoolConfig, Timeouts};
+pub use error::{Error, ErrorKind, Result};
+pub use event::Event;
+pub use guard::{CloseGuard, scoped};
+pub use health::{Health, HealthStatus};
+pub use lifecycle::{InFlight, Lifecycle, Teardown};
+pub use memory::{Fault, MemoryPublisher, MemoryPublisherBuilder, MemoryStore};
+pub use outcome::{BatchOutcome, CloseReport, Position, Receipt};
+pub use publisher::Publisher;
+
+/// Re-exported so that backends and users name the same versions.
+pub use async_trait::async_trait;
+pub use bytes::Bytes;
+pub use uuid::Uuid;
+
+#[cfg(test)]
+mod assertions {
+    fn send_sync<T: Send + Sync>() {}
+    #[test]
+    fn public_types_are_send_sync() {
+        send_sync::<crate::Error>();
+        send_sync::<crate::Event>();
+        send_sync::<crate::Lifecycle>();
+        send_sync::<crate::MemoryPublisher>();
+        send_sync::<crate::BatchOutcome>();
+    }
+}

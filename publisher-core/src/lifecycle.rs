@@ -1,0 +1,493 @@
+//! The close gate every backend embeds.
+//!
+//! A [`Lifecycle`] owns, once for all backends: the closed flag; the entry of each in-flight
+//! publish, refused with [`ErrorKind::Closed`](crate::ErrorKind::Closed) once closing starts; the
+//! drain of in-flight publishes with a deadline; the backend's background tasks (a
+//! [`TaskTracker`] and a [`CancellationToken`]); and a once-only close whose [`CloseReport`]
+//! every concurrent or later caller receives. Backends supply only their teardown.
+//!
+//! Dropping a `Lifecycle` whose close never started logs one warning, cancels the background
+//! tasks and makes in-flight publishes fail with `Closed`.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> publisher_core::Result<()> {
+//! use std::time::Duration;
+//! use publisher_core::Lifecycle;
+//!
+//! let lifecycle = Lifecycle::new("example", Duration::from_secs(5));
+//! let n = lifecycle.run(Duration::from_secs(1), "publish", async { Ok(42) }).await?;
+//! assert_eq!(n, 42);
+//! let report = lifecycle.close(|_| async { Ok(0) }).await?;
+//! assert_eq!(report.abandoned, 0);
+//! assert!(lifecycle.run(Duration::from_secs(1), "publish", async { Ok(1) }).await.is_err());
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::outcome::CloseReport;
+
+/// Extra time in-flight publishes get to observe their abandonment, and background tasks get to
+/// stop, once the close deadline has passed.
+const GRACE: Duration = Duration::from_secs(1);
+
+type CloseFuture = Shared<BoxFuture<'static, Result<CloseReport>>>;
+
+/// What a backend's teardown is told when it runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Teardown {
+    /// When the close should be over; the teardown is cut off at this point (plus a short grace).
+    pub deadline: Instant,
+    /// In-flight publishes the drain gave up on (they returned `Closed` to their callers).
+    pub abandoned_in_flight: usize,
+}
+
+impl Teardown {
+    /// The time left until [`Teardown::deadline`] (zero if passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    closing: bool,
+    in_flight: usize,
+}
+
+#[derive(Debug)]
+struct Inner {
+    backend: &'static str,
+    close_timeout: Duration,
+    state: Mutex<State>,
+    idle: Notify,
+    /// Cancelled when the drain deadline passes: in-flight publishes stop and fail.
+    abandon: CancellationToken,
+    /// Cancelled when closing (or dropped): background tasks stop.
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    close: OnceLock<CloseFuture>,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The lock guards two plain fields and is never held across a panic-prone call.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until nothing is in flight or `deadline` passes; returns what is still in flight.
+    async fn wait_idle(&self, deadline: Instant) -> usize {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let n = self.state().in_flight;
+            if n == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.state().in_flight;
+            }
+        }
+    }
+
+    async fn close<F, Fut>(self: Arc<Self>, teardown: F) -> Result<CloseReport>
+    where
+        F: FnOnce(Teardown) -> Fut,
+        Fut: Future<Output = Result<usize>>,
+    {
+        let start = Instant::now();
+        let deadline = start + self.close_timeout;
+        let at_start = {
+            let mut s = self.state();
+            s.closing = true;
+            s.in_flight
+        };
+        tracing::debug!(backend = self.backend, in_flight = at_start, "closing publisher");
+
+        let mut remaining = self.wait_idle(deadline).await;
+        let abandoned_in_flight = remaining;
+        if remaining > 0 {
+            tracing::warn!(
+                backend = self.backend,
+                abandoned = remaining,
+                "close deadline passed with publishes in flight; abandoning them"
+            );
+            self.abandon.cancel();
+            remaining = self.wait_idle(Instant::now() + GRACE).await;
+            if remaining > 0 {
+                tracing::warn!(
+                    backend = self.backend,
+                    remaining,
+                    "in-flight publishes did not stop within the grace period"
+                );
+            }
+        }
+
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout_at(deadline.max(Instant::now()) + GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                backend = self.backend,
+                tasks = self.tasks.len(),
+                "background tasks did not stop within the close deadline"
+            );
+        }
+
+        let ctx = Teardown {
+            deadline,
+            abandoned_in_flight,
+        };
+        let limit = deadline.max(Instant::now()) + GRACE;
+        let extra = match tokio::time::timeout_at(limit, teardown(ctx)).await {
+            Ok(Ok(extra)) => extra,
+            Ok(Err(e)) => {
+                tracing::warn!(backend = self.backend, error = %e, "publisher teardown failed");
+                return Err(e);
+            }
+            Err(_) => {
+                return Err(Error::timeout(
+                    self.backend,
+                    "close teardown",
+                    self.close_timeout + GRACE,
+                ));
+            }
+        };
+        let report = CloseReport {
+            drained: at_start.saturating_sub(abandoned_in_flight),
+            abandoned: abandoned_in_flight + extra,
+            elapsed: start.elapsed(),
+        };
+        tracing::debug!(backend = self.backend, %report, "publisher closed");
+        Ok(report)
+    }
+}
+
+/// The close gate: see the [module docs](self).
+#[derive(Debug)]
+pub struct Lifecycle {
+    inner: Arc<Inner>,
+}
+
+/// Proof that one publish was admitted by the gate; dropping it marks the publish finished.
+#[derive(Debug)]
+#[must_use = "the publish counts as in flight only while this guard lives"]
+pub struct InFlight {
+    inner: Arc<Inner>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.inner.state();
+        s.in_flight -= 1;
+        if s.in_flight == 0 && s.closing {
+            drop(s);
+            self.inner.idle.notify_waiters();
+        }
+    }
+}
+
+impl Lifecycle {
+    /// A gate for `backend` whose close drains in-flight publishes for at most `close_timeout`.
+    pub fn new(backend: &'static str, close_timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                backend,
+                close_timeout,
+                state: Mutex::new(State::default()),
+                idle: Notify::new(),
+                abandon: CancellationToken::new(),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                close: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The backend name this gate reports in its errors.
+    pub fn backend(&self) -> &'static str {
+        self.inner.backend
+    }
+
+    /// Whether closing has started (publishes are refused from then on).
+    pub fn is_closed(&self) -> bool {
+        self.inner.state().closing
+    }
+
+    /// How many publishes are in flight.
+    pub fn in_flight(&self) -> usize {
+        self.inner.state().in_flight
+    }
+
+    /// Admits one publish.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Closed`] once closing has started.
+    pub fn enter(&self) -> Result<InFlight> {
+        let mut s = self.inner.state();
+        if s.closing {
+            return Err(Error::closed(self.inner.backend));
+        }
+        s.in_flight += 1;
+        Ok(InFlight {
+            inner: self.inner.clone(),
+        })
+    }
+
+    /// Runs one publish through the gate: admitted or refused with `Closed`, bounded by
+    /// `timeout` (elapsed: [`ErrorKind::Timeout`] naming `what`), and stopped with `Closed` if
+    /// the close deadline passes while it is still in flight.
+    ///
+    /// # Cancel safety
+    /// Dropping the returned future drops `fut` and releases the gate.
+    pub async fn run<T, Fut>(&self, timeout: Duration, what: &str, fut: Fut) -> Result<T>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
+        let _guard = self.enter()?;
+        tokio::select! {
+            biased;
+            () = self.inner.abandon.cancelled() => Err(Error::new(
+                ErrorKind::Closed,
+                self.inner.backend,
+                format!("{what} abandoned: the close deadline passed before the broker confirmed"),
+            )),
+            r = tokio::time::timeout(timeout, fut) => match r {
+                Ok(r) => r,
+                Err(_) => Err(Error::timeout(self.inner.backend, what, timeout)),
+            },
+        }
+    }
+
+    /// A token cancelled when closing starts or the publisher is dropped; background tasks
+    /// should stop when it fires.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.child_token()
+    }
+
+    /// Spawns a background task that is cancelled on close and on drop, and that close waits
+    /// for (bounded by the close deadline).
+    pub fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let token = self.inner.shutdown.clone();
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                () = token.cancelled() => {}
+                () = fut => {}
+            }
+        })
+    }
+
+    /// Number of background tasks still alive.
+    pub fn background_tasks(&self) -> usize {
+        self.inner.tasks.len()
+    }
+
+    /// Closes once: refuses new publishes, drains in-flight ones until the close timeout,
+    /// abandons the rest (they fail with `Closed`), stops background tasks, then runs
+    /// `teardown` exactly once. `teardown` returns how many further messages it could not
+    /// deliver (for example a producer queue purged at the deadline); they are added to
+    /// [`CloseReport::abandoned`].
+    ///
+    /// Every caller, concurrent or later, gets the first close's outcome; later callers'
+    /// `teardown` is dropped unused. The close runs in a spawned task, so cancelling a caller
+    /// does not interrupt it.
+    ///
+    /// # Errors
+    /// The teardown's error, or [`ErrorKind::Timeout`] if the teardown overran the deadline.
+    pub async fn close<F, Fut>(&self, teardown: F) -> Result<CloseReport>
+    where
+        F: FnOnce(Teardown) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<usize>> + Send + 'static,
+    {
+        let fut = self
+            .inner
+            .close
+            .get_or_init(|| {
+                let inner = self.inner.clone();
+                let backend = inner.backend;
+                let handle = tokio::spawn(inner.close(teardown));
+                async move {
+                    handle.await.unwrap_or_else(|e| {
+                        Err(Error::new(ErrorKind::Other, backend, "close task failed")
+                            .with_source(e))
+                    })
+                }
+                .boxed()
+                .shared()
+            })
+            .clone();
+        fut.await
+    }
+}
+
+impl Drop for Lifecycle {
+    fn drop(&mut self) {
+        if self.inner.close.get().is_some() {
+            return;
+        }
+        let in_flight = {
+            let mut s = self.inner.state();
+            s.closing = true;
+            s.in_flight
+        };
+        tracing::warn!(
+            backend = self.inner.backend,
+            in_flight,
+            "publisher dropped without close(): background tasks cancelled, unconfirmed publishes \
+             fail with Closed; call close() to drain in-flight publishes"
+        );
+        self.inner.abandon.cancel();
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn refuses_after_close_and_reports_once() {
+        let lc = Lifecycle::new("t", Duration::from_secs(1));
+        let teardowns = Arc::new(AtomicUsize::new(0));
+        let mut handles = Vec::new();
+        let lc = Arc::new(lc);
+        for _ in 0..16 {
+            let lc = lc.clone();
+            let teardowns = teardowns.clone();
+            handles.push(tokio::spawn(async move {
+                lc.close(move |_| async move {
+                    teardowns.fetch_add(1, Ordering::SeqCst);
+                    Ok(0)
+                })
+                .await
+            }));
+        }
+        let mut reports = Vec::new();
+        for h in handles {
+            reports.push(h.await.unwrap().unwrap());
+        }
+        assert!(reports.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(teardowns.load(Ordering::SeqCst), 1);
+        let again = lc.close(|_| async { Ok(99) }).await.unwrap();
+        assert_eq!(again, reports[0]);
+        let err = lc.enter().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Closed);
+    }
+
+    #[tokio::test]
+    async fn drains_in_flight_before_teardown() {
+        let lc = Arc::new(Lifecycle::new("t", Duration::from_secs(5)));
+        let torn_down = Arc::new(AtomicUsize::new(0));
+        let mut pubs = Vec::new();
+        for _ in 0..10 {
+            let lc = lc.clone();
+            let torn_down = torn_down.clone();
+            pubs.push(tokio::spawn(async move {
+                lc.run(Duration::from_secs(5), "publish", async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // The teardown must not have run while we were in flight.
+                    assert_eq!(torn_down.load(Ordering::SeqCst), 0);
+                    Ok(())
+                })
+                .await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(lc.in_flight(), 10);
+        let td = torn_down.clone();
+        let report = lc
+            .close(move |_| async move {
+                td.fetch_add(1, Ordering::SeqCst);
+                Ok(0)
+            })
+            .await
+            .unwrap();
+        assert_eq!(report.drained, 10);
+        assert_eq!(report.abandoned, 0);
+        for p in pubs {
+            p.await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn abandons_at_deadline_and_never_reports_ok() {
+        let lc = Arc::new(Lifecycle::new("t", Duration::from_millis(100)));
+        let lc2 = lc.clone();
+        let stuck = tokio::spawn(async move {
+            lc2.run(Duration::from_secs(30), "publish", async {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                Ok(())
+            })
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let report = lc.close(|_| async { Ok(2) }).await.unwrap();
+        assert_eq!(report.drained, 0);
+        assert_eq!(report.abandoned, 3);
+        let err = stuck.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Closed);
+        assert!(report.elapsed < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn publish_timeout_is_typed() {
+        let lc = Lifecycle::new("t", Duration::from_secs(1));
+        let err = lc
+            .run(Duration::from_millis(20), "publish", async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout);
+        assert!(err.is_retryable());
+        assert_eq!(lc.in_flight(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drop_without_close_cancels_background_tasks() {
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let baseline = metrics.num_alive_tasks();
+        let lc = Lifecycle::new("t", Duration::from_secs(1));
+        let token = lc.shutdown_token();
+        for _ in 0..3 {
+            lc.spawn(std::future::pending());
+        }
+        assert_eq!(metrics.num_alive_tasks(), baseline + 3);
+        drop(lc);
+        assert!(token.is_cancelled());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while metrics.num_alive_tasks() > baseline {
+            assert!(std::time::Instant::now() < deadline, "tasks leaked");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn close_stops_background_tasks_before_teardown() {
+        let lc = Lifecycle::new("t", Duration::from_secs(1));
+        lc.spawn(std::future::pending());
+        assert_eq!(lc.background_tasks(), 1);
+        lc.close(|_| async { Ok(0) }).await.unwrap();
+        assert_eq!(lc.background_tasks(), 0);
+    }
+}

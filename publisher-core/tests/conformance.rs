@@ -1,0 +1,10 @@
+//! The memory publisher passes the whole conformance suite.
+#![cfg(feature = "testing")]
+
+use publisher_core::testing::MemoryHarness;
+
+async fn harness() -> MemoryHarness {
+    MemoryHarness::default()
+}
+
+publisher_core::conformance_tests!(harness);
