@@ -128,7 +128,10 @@ impl Error {
         Self::new(
             ErrorKind::Timeout,
             backend,
-            format!("{what} timed out after {}", humantime::format_duration(after)),
+            format!(
+                "{what} timed out after {}",
+                humantime::format_duration(after)
+            ),
         )
     }
 

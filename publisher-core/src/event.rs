@@ -164,7 +164,11 @@ impl Event {
     /// `headers`.
     pub fn validate(&self, backend: &'static str) -> Result<()> {
         if self.topic.is_empty() {
-            return Err(Error::invalid_event(backend, "topic", "topic must not be empty"));
+            return Err(Error::invalid_event(
+                backend,
+                "topic",
+                "topic must not be empty",
+            ));
         }
         if self.headers.keys().any(String::is_empty) {
             return Err(Error::invalid_event(

@@ -57,7 +57,9 @@ impl<P: Publisher> CloseGuard<P> {
 impl<P: Publisher> Deref for CloseGuard<P> {
     type Target = P;
     fn deref(&self) -> &P {
-        self.publisher.as_ref().expect("publisher present until drop")
+        self.publisher
+            .as_ref()
+            .expect("publisher present until drop")
     }
 }
 
@@ -139,7 +141,12 @@ mod tests {
     #[tokio::test]
     async fn guard_closes_on_drop() {
         let store = crate::MemoryStore::new();
-        let p = Arc::new(MemoryPublisher::builder().store(store.clone()).build().unwrap());
+        let p = Arc::new(
+            MemoryPublisher::builder()
+                .store(store.clone())
+                .build()
+                .unwrap(),
+        );
         {
             let _guard = CloseGuard::new(p.clone());
         }

@@ -39,7 +39,11 @@ pub struct Health {
 
 impl Health {
     /// A healthy report.
-    pub fn healthy(backend: &'static str, latency: Option<Duration>, detail: impl Into<String>) -> Self {
+    pub fn healthy(
+        backend: &'static str,
+        latency: Option<Duration>,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             status: HealthStatus::Healthy,
             backend,

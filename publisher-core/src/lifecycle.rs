@@ -1,7 +1,7 @@
 //! The close gate every backend embeds.
 //!
 //! A [`Lifecycle`] owns, once for all backends: the closed flag; the entry of each in-flight
-//! publish, refused with [`ErrorKind::Closed`](crate::ErrorKind::Closed) once closing starts; the
+//! publish, refused with [`ErrorKind::Closed`] once closing starts; the
 //! drain of in-flight publishes with a deadline; the backend's background tasks (a
 //! [`TaskTracker`] and a [`CancellationToken`]); and a once-only close whose [`CloseReport`]
 //! every concurrent or later caller receives. Backends supply only their teardown.
@@ -114,7 +114,11 @@ impl Inner {
             s.closing = true;
             s.in_flight
         };
-        tracing::debug!(backend = self.backend, in_flight = at_start, "closing publisher");
+        tracing::debug!(
+            backend = self.backend,
+            in_flight = at_start,
+            "closing publisher"
+        );
 
         let mut remaining = self.wait_idle(deadline).await;
         let abandoned_in_flight = remaining;

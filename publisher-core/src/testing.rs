@@ -111,7 +111,9 @@ fn sample_event(topic: &str, i: usize) -> Event {
 }
 
 async fn publisher(h: &dyn Harness) -> Box<dyn Publisher> {
-    h.publisher().await.expect("harness could not open a publisher")
+    h.publisher()
+        .await
+        .expect("harness could not open a publisher")
 }
 
 async fn read(h: &dyn Harness, topic: &str, n: usize) -> Vec<Received> {
@@ -181,7 +183,9 @@ pub async fn batch_results_per_event(h: &dyn Harness) {
             assert_eq!(err.kind(), ErrorKind::InvalidEvent, "{err}");
             assert_eq!(err.field(), Some("topic"));
         } else {
-            let receipt = r.as_ref().unwrap_or_else(|e| panic!("event {i} failed: {e}"));
+            let receipt = r
+                .as_ref()
+                .unwrap_or_else(|e| panic!("event {i} failed: {e}"));
             assert_eq!(receipt.event_id, e.id(), "result {i} is not for event {i}");
         }
     }
@@ -308,7 +312,10 @@ pub async fn close_during_publishes_loses_nothing(h: &dyn Harness) {
     let got_set: HashSet<Bytes> = got.iter().map(|r| r.payload.clone()).collect();
     assert_eq!(got_set.len(), got.len(), "an event arrived twice");
     for payload in &ok {
-        assert!(got_set.contains(payload), "an acknowledged event was lost at close");
+        assert!(
+            got_set.contains(payload),
+            "an acknowledged event was lost at close"
+        );
     }
     assert!(got_set.is_subset(&all), "an event nobody published arrived");
     assert_eq!(

@@ -1,5 +1,4 @@
 //! The memory publisher passes the whole conformance suite.
-#![cfg(feature = "testing")]
 
 use publisher_core::testing::MemoryHarness;
 

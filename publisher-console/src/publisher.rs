@@ -1,0 +1,349 @@
+//! [`ConsolePublisher`].
+
+use std::fmt;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use publisher_core::{
+    BatchOutcome, CloseReport, Error, ErrorKind, Event, Health, Lifecycle, Position, Publisher,
+    Receipt, Result, Timeouts,
+};
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::Mutex;
+
+use crate::BACKEND;
+use crate::config::{ConsoleConfig, FlushPolicy, Format, Target};
+use crate::line::{encode_json, encode_text};
+
+type Sink = Box<dyn AsyncWrite + Send + Unpin>;
+
+const BUFFER: usize = 64 * 1024;
+
+struct Output {
+    writer: BufWriter<Sink>,
+    /// Set while a write is under way; still set afterwards if it failed or was cancelled, in
+    /// which case the output may hold a partial line and refuses further writes.
+    poisoned: bool,
+    /// Shut down at close (a file we opened); stdout, stderr and lent writers are only flushed.
+    owned: bool,
+}
+
+fn io_error(e: std::io::Error) -> Error {
+    let broken = e.kind() == std::io::ErrorKind::BrokenPipe;
+    let msg = if broken {
+        "console output is closed (broken pipe)"
+    } else {
+        "writing to the console output failed"
+    };
+    Error::new(ErrorKind::Unavailable, BACKEND, msg)
+        .with_retryable(!broken)
+        .with_source(e)
+}
+
+/// Writes one line per event to stdout, stderr, a file or any [`AsyncWrite`].
+///
+/// `publish` returns Ok once the line is written and, with [`FlushPolicy::Event`] (the default),
+/// flushed. A closed output (broken pipe) is an [`ErrorKind::Unavailable`] error, never a panic.
+/// A write that stalls past the publish timeout fails with `Timeout`, and the output then
+/// refuses further writes rather than risk interleaving a partial line.
+pub struct ConsolePublisher {
+    target: String,
+    text: bool,
+    color: bool,
+    flush: FlushPolicy,
+    timeouts: Timeouts,
+    output: Arc<Mutex<Option<Output>>>,
+    seq: AtomicU64,
+    lifecycle: Lifecycle,
+}
+
+impl fmt::Debug for ConsolePublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsolePublisher")
+            .field("target", &self.target)
+            .field("format", &if self.text { "text" } else { "json" })
+            .field("flush", &self.flush)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// Builds a [`ConsolePublisher`]. Setters never fail; [`ConsolePublisherBuilder::build`]
+/// validates and opens the target.
+#[derive(Default)]
+pub struct ConsolePublisherBuilder {
+    config: ConsoleConfig,
+    writer: Option<(Sink, bool)>,
+}
+
+impl fmt::Debug for ConsolePublisherBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsolePublisherBuilder")
+            .field("config", &self.config)
+            .field("writer", &self.writer.as_ref().map(|_| "<lent writer>"))
+            .finish()
+    }
+}
+
+impl ConsolePublisherBuilder {
+    /// Starts from `config`.
+    pub fn config(mut self, config: ConsoleConfig) -> Self {
+        self.config = config;
+        self
+    }
+    /// Where to write (ignored when [`writer`](Self::writer) is set).
+    pub fn target(mut self, target: Target) -> Self {
+        self.config.target = target;
+        self
+    }
+    /// The line format.
+    pub fn format(mut self, format: Format) -> Self {
+        self.config.format = format;
+        self
+    }
+    /// The flush policy.
+    pub fn flush(mut self, flush: FlushPolicy) -> Self {
+        self.config.flush = flush;
+        self
+    }
+    /// ANSI colours in the text format.
+    pub fn color(mut self, color: bool) -> Self {
+        self.config.color = Some(color);
+        self
+    }
+    /// The timeouts.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.config.timeouts = timeouts;
+        self
+    }
+    /// Writes to `writer` instead of the target. The writer is flushed at close but not shut
+    /// down: it is the caller's. [`Format::Auto`] picks JSON for it.
+    pub fn writer(mut self, writer: impl AsyncWrite + Send + Unpin + 'static) -> Self {
+        self.writer = Some((Box::new(writer), false));
+        self
+    }
+
+    /// Validates the configuration and opens the target.
+    ///
+    /// # Errors
+    /// `Config` naming the invalid field; `Unavailable` when the file cannot be opened.
+    pub fn build(self) -> Result<ConsolePublisher> {
+        let cfg = self.config;
+        cfg.validate()?;
+        let (sink, terminal, owned, target): (Sink, bool, bool, String) = match self.writer {
+            Some((w, terminal)) => (w, terminal, false, "writer".into()),
+            None => match &cfg.target {
+                Target::Stdout => (
+                    Box::new(tokio::io::stdout()),
+                    std::io::stdout().is_terminal(),
+                    false,
+                    "stdout".into(),
+                ),
+                Target::Stderr => (
+                    Box::new(tokio::io::stderr()),
+                    std::io::stderr().is_terminal(),
+                    false,
+                    "stderr".into(),
+                ),
+                Target::File(path) => {
+                    let file = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .map_err(|e| {
+                            Error::new(
+                                ErrorKind::Unavailable,
+                                BACKEND,
+                                format!("cannot open {} for writing", path.display()),
+                            )
+                            .with_field("target")
+                            .with_source(e)
+                        })?;
+                    (
+                        Box::new(tokio::fs::File::from_std(file)),
+                        false,
+                        true,
+                        path.display().to_string(),
+                    )
+                }
+            },
+        };
+        let text = match cfg.format {
+            Format::Auto => terminal,
+            Format::Json => false,
+            Format::Text => true,
+        };
+        let color = cfg
+            .color
+            .unwrap_or_else(|| terminal && std::env::var_os("NO_COLOR").is_none());
+        Ok(ConsolePublisher {
+            target,
+            text,
+            color,
+            flush: cfg.flush,
+            timeouts: cfg.timeouts,
+            output: Arc::new(Mutex::new(Some(Output {
+                writer: BufWriter::with_capacity(BUFFER, sink),
+                poisoned: false,
+                owned,
+            }))),
+            seq: AtomicU64::new(0),
+            lifecycle: Lifecycle::new(BACKEND, cfg.timeouts.close),
+        })
+    }
+}
+
+impl ConsolePublisher {
+    /// A builder (defaults: stdout, auto format, flush every event).
+    pub fn builder() -> ConsolePublisherBuilder {
+        ConsolePublisherBuilder::default()
+    }
+
+    /// A publisher on stdout with defaults.
+    ///
+    /// # Errors
+    /// As [`ConsolePublisherBuilder::build`].
+    pub fn stdout() -> Result<Self> {
+        Self::builder().build()
+    }
+
+    /// A publisher built from a `console://` URL (see [`ConsoleConfig::from_url`]).
+    ///
+    /// # Errors
+    /// `Config` naming the field at fault.
+    pub fn from_url(url: &str) -> Result<Self> {
+        Self::builder()
+            .config(ConsoleConfig::from_url(url)?)
+            .build()
+    }
+
+    fn encode(&self, event: &Event, out: &mut Vec<u8>) -> Result<()> {
+        event.validate(BACKEND)?;
+        if self.text {
+            encode_text(event, self.color, out)
+        } else {
+            encode_json(event, out);
+            Ok(())
+        }
+    }
+
+    async fn write(&self, bytes: &[u8], flush: bool) -> Result<()> {
+        let mut guard = self.output.lock().await;
+        let out = guard.as_mut().ok_or_else(|| Error::closed(BACKEND))?;
+        if out.poisoned {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                BACKEND,
+                "an earlier write to the console output failed or stalled; refusing to write more",
+            )
+            .with_retryable(false));
+        }
+        out.poisoned = true;
+        out.writer.write_all(bytes).await.map_err(io_error)?;
+        if flush {
+            out.writer.flush().await.map_err(io_error)?;
+        }
+        out.poisoned = false;
+        Ok(())
+    }
+
+    fn receipt(&self, event: &Event) -> Receipt {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        Receipt::new(event, Position::Sequence(seq))
+    }
+}
+
+#[async_trait]
+impl Publisher for ConsolePublisher {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn publish(&self, event: Event) -> Result<Receipt> {
+        self.lifecycle
+            .run(self.timeouts.publish, "console write", async {
+                let mut line = Vec::with_capacity(256 + event.payload().len());
+                self.encode(&event, &mut line)?;
+                self.write(&line, self.flush == FlushPolicy::Event).await?;
+                Ok(self.receipt(&event))
+            })
+            .await
+    }
+
+    async fn publish_batch(&self, events: Vec<Event>) -> BatchOutcome {
+        let n = events.len();
+        let run = self
+            .lifecycle
+            .run(self.timeouts.publish, "console batch write", async {
+                let mut buf = Vec::with_capacity(events.len() * 256);
+                let encoded: Vec<Result<()>> =
+                    events.iter().map(|e| self.encode(e, &mut buf)).collect();
+                if !buf.is_empty() {
+                    self.write(&buf, true).await?;
+                }
+                Ok(events
+                    .iter()
+                    .zip(encoded)
+                    .map(|(e, r)| r.map(|()| self.receipt(e)))
+                    .collect())
+            })
+            .await;
+        match run {
+            Ok(results) => BatchOutcome::new(results),
+            Err(e) => BatchOutcome::all_failed(n, &e),
+        }
+    }
+
+    async fn health(&self) -> Health {
+        if self.is_closed() {
+            return Health::closed(BACKEND);
+        }
+        let started = Instant::now();
+        match tokio::time::timeout(self.timeouts.health, self.output.lock()).await {
+            Ok(guard) => match guard.as_ref() {
+                Some(out) if !out.poisoned => Health::healthy(
+                    BACKEND,
+                    Some(started.elapsed()),
+                    format!("writing to {}", self.target),
+                ),
+                Some(_) => Health::unhealthy(BACKEND, "an earlier write failed or stalled"),
+                None => Health::closed(BACKEND),
+            },
+            Err(_) => Health::unhealthy(
+                BACKEND,
+                format!(
+                    "output busy for more than {:?} (stalled pipe?)",
+                    self.timeouts.health
+                ),
+            ),
+        }
+    }
+
+    async fn close(&self) -> Result<CloseReport> {
+        let output = self.output.clone();
+        self.lifecycle
+            .close(move |td| async move {
+                let limit = td.remaining().max(Duration::from_millis(100));
+                let mut guard = tokio::time::timeout(limit, output.lock())
+                    .await
+                    .map_err(|_| Error::timeout(BACKEND, "close: waiting for the output", limit))?;
+                if let Some(mut out) = guard.take() {
+                    if !out.poisoned {
+                        out.writer.flush().await.map_err(io_error)?;
+                    }
+                    if out.owned {
+                        out.writer.shutdown().await.map_err(io_error)?;
+                    }
+                }
+                Ok(0)
+            })
+            .await
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lifecycle.is_closed()
+    }
+}

@@ -1,0 +1,61 @@
+//! The console publisher passes the whole conformance suite, read back from a captured writer.
+
+use std::time::Duration;
+
+use publisher_console::line::JsonLine;
+use publisher_console::{CaptureBuffer, ConsolePublisher, Format};
+use publisher_core::testing::{Harness, Received, unique_name};
+use publisher_core::{Publisher, Result, async_trait};
+
+struct ConsoleHarness {
+    out: CaptureBuffer,
+}
+
+async fn harness() -> ConsoleHarness {
+    ConsoleHarness {
+        out: CaptureBuffer::new(),
+    }
+}
+
+#[async_trait]
+impl Harness for ConsoleHarness {
+    async fn publisher(&self) -> Result<Box<dyn Publisher>> {
+        Ok(Box::new(
+            ConsolePublisher::builder()
+                .writer(self.out.clone())
+                .format(Format::Json)
+                .build()?,
+        ))
+    }
+
+    async fn topic(&self, hint: &str) -> Result<String> {
+        Ok(unique_name(&format!("conformance.{hint}")))
+    }
+
+    async fn read(&self, topic: &str, n: usize, timeout: Duration) -> Result<Vec<Received>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut got = Vec::new();
+            for line in self.out.lines() {
+                let l = JsonLine::parse(&line)?;
+                if l.topic == topic {
+                    got.push(Received {
+                        id: Some(l.id),
+                        key: l.key.clone(),
+                        headers: l.headers.clone(),
+                        payload: l.payload_bytes()?,
+                        content_type: l.content_type.clone(),
+                    });
+                }
+            }
+            if got.len() >= n || tokio::time::Instant::now() >= deadline {
+                return Ok(got);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn cleanup(&self, _topic: &str) {}
+}
+
+publisher_core::conformance_tests!(harness);

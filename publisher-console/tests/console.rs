@@ -1,0 +1,214 @@
+//! Console-specific behaviour: real files, real broken pipes, stalled writers, flush policy,
+//! text format and bad input.
+
+use std::io::Read;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use publisher_console::line::JsonLine;
+use publisher_console::{
+    CaptureBuffer, ConsoleConfig, ConsolePublisher, FlushPolicy, Format, Target,
+};
+use publisher_core::{ErrorKind, Event, Publisher, Timeouts};
+use tokio::io::AsyncWrite;
+
+#[tokio::test]
+async fn file_target_receives_every_line_and_is_flushed_at_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let p =
+        ConsolePublisher::from_url(&format!("console://{}?flush=batch", path.display())).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let e = Event::json("orders", &serde_json::json!({ "i": i })).unwrap();
+        ids.push(e.id());
+        p.publish(e).await.unwrap();
+    }
+    let report = p.close().await.unwrap();
+    assert!(report.is_clean());
+    let mut s = String::new();
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
+    let read: Vec<_> = s.lines().map(|l| JsonLine::parse(l).unwrap().id).collect();
+    assert_eq!(read, ids);
+}
+
+#[tokio::test]
+async fn flush_policy_event_flushes_every_publish_batch_policy_once_per_batch() {
+    let out = CaptureBuffer::new();
+    let p = ConsolePublisher::builder()
+        .writer(out.clone())
+        .format(Format::Json)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        p.publish(Event::text("t", "x")).await.unwrap();
+    }
+    assert_eq!(out.flushes(), 3);
+    assert_eq!(out.lines().len(), 3);
+
+    let out = CaptureBuffer::new();
+    let p = ConsolePublisher::builder()
+        .writer(out.clone())
+        .format(Format::Json)
+        .flush(FlushPolicy::Batch)
+        .build()
+        .unwrap();
+    p.publish(Event::text("t", "buffered")).await.unwrap();
+    assert_eq!(
+        out.lines().len(),
+        0,
+        "batch policy must not flush single publishes"
+    );
+    let outcome = p
+        .publish_batch((0..10).map(|i| Event::text("t", i.to_string())).collect())
+        .await;
+    assert!(outcome.is_all_ok());
+    assert_eq!(out.flushes(), 1);
+    assert_eq!(out.lines().len(), 11);
+    p.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn closed_pipe_is_a_typed_error_not_a_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let file = std::fs::File::from(std::os::fd::OwnedFd::from(writer));
+    let p = ConsolePublisher::builder()
+        .writer(tokio::fs::File::from_std(file))
+        .format(Format::Json)
+        .build()
+        .unwrap();
+    let err = p.publish(Event::text("t", "x")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.message().contains("broken pipe"), "{err}");
+    assert!(!err.is_retryable());
+    // The publisher stays usable for close, and close reports cleanly.
+    p.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn broken_capture_fails_batch_events_individually() {
+    let out = CaptureBuffer::new();
+    let p = ConsolePublisher::builder()
+        .writer(out.clone())
+        .format(Format::Json)
+        .build()
+        .unwrap();
+    out.break_pipe();
+    let outcome = p
+        .publish_batch(vec![Event::text("t", "a"), Event::text("t", "b")])
+        .await;
+    assert_eq!(outcome.failed(), 2);
+    for (_, e) in outcome.errors() {
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+    }
+}
+
+/// A writer that never accepts a byte, like a pipe nobody reads.
+struct Stalled;
+impl AsyncWrite for Stalled {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Pending
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Pending
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Pending
+    }
+}
+
+#[tokio::test]
+async fn stalled_output_times_out_within_the_bound_and_close_is_bounded() {
+    let timeouts = Timeouts::default()
+        .with_publish(Duration::from_millis(200))
+        .with_close(Duration::from_millis(300));
+    let p = ConsolePublisher::builder()
+        .writer(Stalled)
+        .format(Format::Json)
+        .timeouts(timeouts)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let err = p.publish(Event::text("t", "x")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The output may now hold a partial line: later writes are refused, not interleaved.
+    let err = p.publish(Event::text("t", "y")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert!(!p.health().await.is_healthy());
+    let started = Instant::now();
+    let _ = p.close().await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn text_format_writes_readable_lines_and_refuses_binary() {
+    let out = CaptureBuffer::new();
+    let p = ConsolePublisher::builder()
+        .writer(out.clone())
+        .format(Format::Text)
+        .color(false)
+        .build()
+        .unwrap();
+    p.publish(Event::text("orders.created", "order 42").with_key("c7"))
+        .await
+        .unwrap();
+    let err = p
+        .publish(Event::new("orders.created", vec![0xffu8, 0xfe]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidEvent);
+    assert_eq!(err.field(), Some("payload"));
+    p.close().await.unwrap();
+    let lines = out.lines();
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].contains("orders.created key=c7"), "{}", lines[0]);
+    assert!(lines[0].ends_with("order 42"), "{}", lines[0]);
+}
+
+#[tokio::test]
+async fn bad_config_is_typed_and_names_the_field() {
+    let cfg = ConsoleConfig {
+        timeouts: Timeouts::default().with_publish(Duration::ZERO),
+        ..Default::default()
+    };
+    let err = ConsolePublisher::builder().config(cfg).build().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert_eq!(err.field(), Some("timeouts.publish"));
+
+    let err = ConsolePublisher::builder()
+        .target(Target::File("/nonexistent-dir/x/y.jsonl".into()))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), Some("target"));
+
+    let err = ConsolePublisher::from_url("console://stdout?flush=sometimes").unwrap_err();
+    assert_eq!(err.field(), Some("flush"));
+}
+
+#[tokio::test]
+async fn lent_writer_is_flushed_not_shut_down() {
+    let out = CaptureBuffer::new();
+    let p = ConsolePublisher::builder()
+        .writer(out.clone())
+        .format(Format::Json)
+        .flush(FlushPolicy::Batch)
+        .build()
+        .unwrap();
+    p.publish(Event::text("t", "x")).await.unwrap();
+    p.close().await.unwrap();
+    assert_eq!(out.lines().len(), 1, "close must flush buffered lines");
+    // Still writable by its owner afterwards.
+    use tokio::io::AsyncWriteExt;
+    let mut w = out.clone();
+    w.write_all(b"owner\n").await.unwrap();
+}
