@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use publisher_console::line::JsonLine;
 use publisher_console::{CaptureBuffer, ConsolePublisher, Format};
+use publisher_core::envelope::Envelope;
 use publisher_core::testing::{Harness, Received, unique_name};
 use publisher_core::{Publisher, Result, async_trait};
 
@@ -37,15 +37,9 @@ impl Harness for ConsoleHarness {
         loop {
             let mut got = Vec::new();
             for line in self.out.lines() {
-                let l = JsonLine::parse(&line)?;
-                if l.topic == topic {
-                    got.push(Received {
-                        id: Some(l.id),
-                        key: l.key.clone(),
-                        headers: l.headers.clone(),
-                        payload: l.payload_bytes()?,
-                        content_type: l.content_type.clone(),
-                    });
+                let event = Envelope::parse(line.as_bytes())?.into_event()?;
+                if event.topic() == topic {
+                    got.push(Received::from(&event));
                 }
             }
             if got.len() >= n || tokio::time::Instant::now() >= deadline {

@@ -6,10 +6,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use publisher_console::line::JsonLine;
 use publisher_console::{
     CaptureBuffer, ConsoleConfig, ConsolePublisher, FlushPolicy, Format, Target,
 };
+use publisher_core::envelope::Envelope;
 use publisher_core::{ErrorKind, Event, Publisher, Timeouts};
 use tokio::io::AsyncWrite;
 
@@ -32,7 +32,10 @@ async fn file_target_receives_every_line_and_is_flushed_at_close() {
         .unwrap()
         .read_to_string(&mut s)
         .unwrap();
-    let read: Vec<_> = s.lines().map(|l| JsonLine::parse(l).unwrap().id).collect();
+    let read: Vec<_> = s
+        .lines()
+        .map(|l| Envelope::parse(l.as_bytes()).unwrap().id)
+        .collect();
     assert_eq!(read, ids);
 }
 

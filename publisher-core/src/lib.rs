@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod guard;

@@ -486,6 +486,42 @@ mod tests {
         }
     }
 
+    #[test]
+    fn drop_without_close_warns_once_and_close_does_not() {
+        #[derive(Clone, Default)]
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            drop(Lifecycle::new("dropped", Duration::from_secs(1)));
+            let closed = Lifecycle::new("closed", Duration::from_secs(1));
+            rt.block_on(closed.close(|_| async { Ok(0) })).unwrap();
+            drop(closed);
+        });
+        let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warnings.len(), 1, "{logs}");
+        assert!(warnings[0].contains("dropped without close"), "{logs}");
+        assert!(warnings[0].contains("backend=\"dropped\""), "{logs}");
+    }
+
     #[tokio::test]
     async fn close_stops_background_tasks_before_teardown() {
         let lc = Lifecycle::new("t", Duration::from_secs(1));

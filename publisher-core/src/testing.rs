@@ -71,6 +71,18 @@ pub struct Received {
     pub content_type: Option<String>,
 }
 
+impl From<&Event> for Received {
+    fn from(e: &Event) -> Self {
+        Self {
+            id: Some(e.id()),
+            key: e.key().map(str::to_owned),
+            headers: e.headers().clone(),
+            payload: e.payload().clone(),
+            content_type: e.content_type().map(str::to_owned),
+        }
+    }
+}
+
 /// How the suite talks to a backend under test.
 #[async_trait]
 pub trait Harness: Send + Sync {
@@ -454,14 +466,8 @@ impl Harness for MemoryHarness {
             .store
             .wait_for(topic, n, timeout)
             .await
-            .into_iter()
-            .map(|e| Received {
-                id: Some(e.id()),
-                key: e.key().map(str::to_owned),
-                headers: e.headers().clone(),
-                payload: e.payload().clone(),
-                content_type: e.content_type().map(str::to_owned),
-            })
+            .iter()
+            .map(Received::from)
             .collect())
     }
 
