@@ -1,0 +1,323 @@
+//! [`RedisConfig`]: URL, mode, limits, pool and timeouts.
+
+use std::fmt;
+use std::time::Duration;
+
+use publisher_core::config::check_timeout;
+use publisher_core::{Error, PoolConfig, Result, Timeouts};
+use serde::{Deserialize, Serialize};
+
+use crate::BACKEND;
+
+/// Redis refuses bulk strings over 512 MiB (`proto-max-bulk-len`).
+pub const REDIS_MAX_BULK: usize = 512 * 1024 * 1024;
+
+/// How events are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// `XADD` to the stream named by the topic: durable, read back with `XRANGE`/`XREAD`
+    /// (default).
+    #[default]
+    Stream,
+    /// `PUBLISH` to the channel named by the topic: at-most-once, only current subscribers
+    /// receive it; the receiver count is in the receipt.
+    Pubsub,
+}
+
+/// What a pub/sub message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PubsubFormat {
+    /// The JSON envelope of `publisher_core::envelope`: id, key, headers, content type,
+    /// timestamp and payload (default).
+    #[default]
+    Envelope,
+    /// The payload bytes alone; id, key and headers are not carried.
+    Payload,
+}
+
+/// Configuration of the Redis publisher. Missing fields take the documented defaults.
+///
+/// `Debug` and `Display` never show the password of the URL.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host[:port][/db]` or `rediss://…` (feature `tls`).
+    /// Default: `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// Streams or pub/sub. Default: stream.
+    pub mode: Mode,
+    /// Stream mode: trim each stream to about this many entries (`XADD … MAXLEN ~ N`).
+    /// Default: none (no trimming).
+    pub maxlen: Option<u64>,
+    /// Pub/sub mode: the message format. Default: envelope.
+    pub pubsub_format: PubsubFormat,
+    /// Pub/sub mode: a publish reaching fewer subscribers than this is `Rejected`.
+    /// Default: 0 (a message nobody hears is still Ok: that is pub/sub).
+    pub min_receivers: u64,
+    /// Largest payload accepted; larger ones fail locally with `InvalidEvent` naming
+    /// `payload`. Default: 16 MiB (Redis's own limit is 512 MiB).
+    pub max_payload_bytes: usize,
+    /// Run a background health check (PING) this often and log transitions; `None` disables.
+    /// Default: none.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Option<Duration>,
+    /// The connection pool. Default: [`PoolConfig::default`].
+    pub pool: PoolConfig,
+    /// Timeouts. `connect` bounds opening a connection, `publish` bounds pool wait plus the
+    /// command and is also each command's response timeout. Default: [`Timeouts::default`].
+    pub timeouts: Timeouts,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            mode: Mode::Stream,
+            maxlen: None,
+            pubsub_format: PubsubFormat::Envelope,
+            min_receivers: 0,
+            max_payload_bytes: 16 * 1024 * 1024,
+            health_interval: None,
+            pool: PoolConfig::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// `url` with its password replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        // Unparseable: show only the scheme so no secret can leak.
+        Err(_) => match url.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://<unparseable>"),
+            None => "<unparseable>".into(),
+        },
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact(&self.url))
+            .field("mode", &self.mode)
+            .field("maxlen", &self.maxlen)
+            .field("pubsub_format", &self.pubsub_format)
+            .field("min_receivers", &self.min_receivers)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("health_interval", &self.health_interval)
+            .field("pool", &self.pool)
+            .field("timeouts", &self.timeouts)
+            .finish()
+    }
+}
+
+impl fmt::Display for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = match self.mode {
+            Mode::Stream => "stream",
+            Mode::Pubsub => "pubsub",
+        };
+        write!(f, "{} (mode {mode})", redact(&self.url))
+    }
+}
+
+fn bad(field: &'static str, msg: impl Into<String>) -> Error {
+    Error::config(BACKEND, field, msg.into())
+}
+
+fn parse_num<T: std::str::FromStr>(field: &'static str, v: &str) -> Result<T> {
+    v.parse()
+        .map_err(|_| bad(field, format!("`{v}` is not a valid number")))
+}
+
+impl RedisConfig {
+    /// Parses a URL: `redis://[user:password@]host[:port][/db]` (or `rediss://` with feature
+    /// `tls`) with optional query parameters `mode=stream|pubsub`, `maxlen=N`,
+    /// `format=envelope|payload`, `min_receivers=N`, `max_payload_bytes=N`,
+    /// `health_interval=30s`, `pool_max_size=N`. Other query parameters are passed to redis-rs
+    /// (for example `protocol=resp3`).
+    ///
+    /// # Errors
+    /// `Config` naming `url` or the parameter at fault.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let mut parsed = url::Url::parse(url).map_err(|e| {
+            bad("url", format!("malformed Redis URL `{}`", redact(url))).with_source(e)
+        })?;
+        check_scheme(parsed.scheme())?;
+        let mut cfg = RedisConfig::default();
+        let mut passthrough = Vec::new();
+        for (k, v) in parsed.query_pairs() {
+            match k.as_ref() {
+                "mode" => {
+                    cfg.mode = match v.as_ref() {
+                        "stream" => Mode::Stream,
+                        "pubsub" => Mode::Pubsub,
+                        other => {
+                            return Err(bad(
+                                "mode",
+                                format!("unknown mode `{other}`: expected stream or pubsub"),
+                            ));
+                        }
+                    }
+                }
+                "maxlen" => cfg.maxlen = Some(parse_num("maxlen", &v)?),
+                "format" => {
+                    cfg.pubsub_format = match v.as_ref() {
+                        "envelope" => PubsubFormat::Envelope,
+                        "payload" => PubsubFormat::Payload,
+                        other => {
+                            return Err(bad(
+                                "pubsub_format",
+                                format!("unknown format `{other}`: expected envelope or payload"),
+                            ));
+                        }
+                    }
+                }
+                "min_receivers" => cfg.min_receivers = parse_num("min_receivers", &v)?,
+                "max_payload_bytes" => {
+                    cfg.max_payload_bytes = parse_num("max_payload_bytes", &v)?;
+                }
+                "health_interval" => {
+                    cfg.health_interval = Some(humantime::parse_duration(&v).map_err(|e| {
+                        bad("health_interval", format!("`{v}` is not a duration")).with_source(e)
+                    })?);
+                }
+                "pool_max_size" => cfg.pool.max_size = parse_num("pool.max_size", &v)?,
+                _ => passthrough.push((k.into_owned(), v.into_owned())),
+            }
+        }
+        if passthrough.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(passthrough);
+        }
+        cfg.url = parsed.to_string();
+        Ok(cfg)
+    }
+
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// `Config` naming the field at fault.
+    pub fn validate(&self) -> Result<()> {
+        let parsed = url::Url::parse(&self.url).map_err(|e| {
+            bad(
+                "url",
+                format!("malformed Redis URL `{}`", redact(&self.url)),
+            )
+            .with_source(e)
+        })?;
+        check_scheme(parsed.scheme())?;
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(bad("url", "the URL has no host"));
+        }
+        self.timeouts.validate(BACKEND)?;
+        self.pool.validate(BACKEND)?;
+        if self.maxlen == Some(0) {
+            return Err(bad(
+                "maxlen",
+                "must be at least 1 (or unset for no trimming)",
+            ));
+        }
+        if self.max_payload_bytes == 0 || self.max_payload_bytes > REDIS_MAX_BULK {
+            return Err(bad(
+                "max_payload_bytes",
+                format!("must be between 1 and {REDIS_MAX_BULK} (Redis's limit)"),
+            ));
+        }
+        if let Some(interval) = self.health_interval {
+            check_timeout(BACKEND, "health_interval", interval)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_scheme(scheme: &str) -> Result<()> {
+    match scheme {
+        "redis" => Ok(()),
+        "rediss" if cfg!(feature = "tls") => Ok(()),
+        "rediss" => Err(bad(
+            "url",
+            "rediss:// needs TLS support: enable the `tls` feature of publisher-redis",
+        )),
+        other => Err(bad(
+            "url",
+            format!("unsupported scheme `{other}://`: expected redis:// or rediss://"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use publisher_core::ErrorKind;
+
+    #[test]
+    fn url_params_are_taken_and_the_rest_passed_through() {
+        let c = RedisConfig::from_url(
+            "redis://u:s3cret@localhost:6380/2?mode=pubsub&maxlen=100&protocol=resp3&pool_max_size=4",
+        )
+        .unwrap();
+        assert_eq!(c.mode, Mode::Pubsub);
+        assert_eq!(c.maxlen, Some(100));
+        assert_eq!(c.pool.max_size, 4);
+        assert_eq!(c.url, "redis://u:s3cret@localhost:6380/2?protocol=resp3");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn password_never_shows() {
+        let c = RedisConfig::from_url("redis://user:s3cret@localhost:6379").unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(!c.to_string().contains("s3cret"));
+        let e = RedisConfig::from_url("redis://user:s3cret@local host:6379").unwrap_err();
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        assert!(!format!("{e:?}").contains("s3cret"), "{e:?}");
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        let cases = [
+            ("not a url", "url"),
+            ("http://localhost", "url"),
+            ("redis://localhost?mode=queue", "mode"),
+            ("redis://localhost?maxlen=lots", "maxlen"),
+            ("redis://localhost?health_interval=often", "health_interval"),
+            ("redis://localhost?format=xml", "pubsub_format"),
+        ];
+        for (url, field) in cases {
+            let e = RedisConfig::from_url(url).unwrap_err();
+            assert_eq!(
+                (e.kind(), e.field()),
+                (ErrorKind::Config, Some(field)),
+                "{url}: {e}"
+            );
+        }
+        let e = RedisConfig::from_url("redis://localhost?maxlen=0")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field(), Some("maxlen"));
+        let e = RedisConfig::from_url("redis://localhost?pool_max_size=0")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field(), Some("pool.max_size"));
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn rediss_without_tls_says_which_feature() {
+        let e = RedisConfig::from_url("rediss://localhost").unwrap_err();
+        assert_eq!(e.field(), Some("url"));
+        assert!(e.message().contains("`tls` feature"), "{e}");
+    }
+}

@@ -1,0 +1,132 @@
+//! The connection pool: deadpool over redis-rs multiplexed connections, or a pool the caller
+//! lent in.
+
+use std::ops::DerefMut;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use publisher_core::{PoolConfig, Result};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, RedisError};
+
+use crate::error::from_pool;
+
+/// Opens and checks redis-rs multiplexed connections with our connect and response timeouts.
+pub struct RedisManager {
+    client: Client,
+    config: AsyncConnectionConfig,
+    pings: AtomicUsize,
+}
+
+impl std::fmt::Debug for RedisManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client holds the connection info, password included: never print it.
+        f.debug_struct("RedisManager").finish_non_exhaustive()
+    }
+}
+
+impl RedisManager {
+    pub(crate) fn new(client: Client, config: AsyncConnectionConfig) -> Self {
+        Self {
+            client,
+            config,
+            pings: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl managed::Manager for RedisManager {
+    type Type = MultiplexedConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
+        self.client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut MultiplexedConnection,
+        _: &Metrics,
+    ) -> RecycleResult<RedisError> {
+        // A connection broken by a Redis restart fails this PING and is replaced.
+        let n = self.pings.fetch_add(1, Ordering::Relaxed).to_string();
+        let echoed: String = redis::cmd("PING").arg(&n).query_async(conn).await?;
+        if echoed == n {
+            Ok(())
+        } else {
+            Err(RecycleError::message("PING answered with the wrong value"))
+        }
+    }
+}
+
+/// The pool type this crate builds.
+pub type Pool = managed::Pool<RedisManager>;
+
+/// Where connections come from.
+#[derive(Clone)]
+pub(crate) enum Source {
+    /// Ours: closed at close.
+    Owned(Pool),
+    /// The caller's: never closed by us.
+    Lent(deadpool_redis::Pool),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, status) = match self {
+            Source::Owned(p) => ("owned", p.status()),
+            Source::Lent(p) => ("lent", p.status()),
+        };
+        f.debug_struct("Pool")
+            .field("kind", &kind)
+            .field("size", &status.size)
+            .field("available", &status.available)
+            .field("max_size", &status.max_size)
+            .finish()
+    }
+}
+
+pub(crate) enum Conn {
+    Owned(managed::Object<RedisManager>),
+    Lent(deadpool_redis::Connection),
+}
+
+impl Conn {
+    pub(crate) fn get(&mut self) -> &mut MultiplexedConnection {
+        match self {
+            Conn::Owned(o) => o.deref_mut(),
+            Conn::Lent(c) => c.deref_mut(),
+        }
+    }
+}
+
+impl Source {
+    /// A connection, waiting at most the pool's wait timeout.
+    pub(crate) async fn get(&self, cfg: &PoolConfig) -> Result<Conn> {
+        let timeouts = managed::Timeouts {
+            wait: Some(cfg.wait_timeout),
+            create: Some(cfg.create_timeout),
+            recycle: Some(cfg.recycle_timeout),
+        };
+        match self {
+            Source::Owned(p) => p
+                .timeout_get(&timeouts)
+                .await
+                .map(Conn::Owned)
+                .map_err(from_pool),
+            Source::Lent(p) => p
+                .timeout_get(&timeouts)
+                .await
+                .map(Conn::Lent)
+                .map_err(from_pool),
+        }
+    }
+
+    pub(crate) fn close_if_owned(&self) {
+        if let Source::Owned(p) = self {
+            p.close();
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! [`RedisPublisher`].
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deadpool::Runtime;
+use publisher_core::envelope;
+use publisher_core::{
+    BatchOutcome, CloseReport, Error, ErrorKind, Event, Health, Lifecycle, Position, Publisher,
+    Receipt, Result,
+};
+use redis::{AsyncConnectionConfig, Client, RedisResult};
+
+use crate::BACKEND;
+use crate::config::{Mode, PubsubFormat, RedisConfig, redact};
+use crate::error::from_redis;
+use crate::mapping::add_stream_fields;
+use crate::pool::{Pool, RedisManager, Source};
+
+/// Publishes to Redis streams (`XADD`, the default) or pub/sub channels (`PUBLISH`) through a
+/// bounded connection pool.
+///
+/// `publish` returns Ok only after Redis replied to the command: the stream entry id in stream
+/// mode, the number of subscribers that received it in pub/sub mode.
+#[derive(Debug)]
+pub struct RedisPublisher {
+    inner: Arc<Inner>,
+    lifecycle: Lifecycle,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: RedisConfig,
+    source: Source,
+    last_health: Mutex<Option<Health>>,
+}
+
+/// Builds a [`RedisPublisher`]. Setters never fail; [`RedisPublisherBuilder::build`] validates
+/// everything at once.
+#[derive(Debug, Default)]
+pub struct RedisPublisherBuilder {
+    config: RedisConfig,
+    pool: Option<deadpool_redis::Pool>,
+}
+
+impl RedisPublisherBuilder {
+    /// Starts from `config`.
+    pub fn config(mut self, config: RedisConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The Redis URL (see [`RedisConfig::from_url`] for its query parameters, which are applied
+    /// when building with [`RedisPublisher::from_url`]).
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.config.url = url.into();
+        self
+    }
+
+    /// Stream or pub/sub.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.config.mode = mode;
+        self
+    }
+
+    /// Trims streams to about `maxlen` entries.
+    pub fn maxlen(mut self, maxlen: u64) -> Self {
+        self.config.maxlen = Some(maxlen);
+        self
+    }
+
+    /// The pool configuration.
+    pub fn pool_config(mut self, pool: publisher_core::PoolConfig) -> Self {
+        self.config.pool = pool;
+        self
+    }
+
+    /// The timeouts.
+    pub fn timeouts(mut self, timeouts: publisher_core::Timeouts) -> Self {
+        self.config.timeouts = timeouts;
+        self
+    }
+
+    /// Publishes through a deadpool-redis pool the caller owns, instead of opening one. The URL
+    /// and pool size of the config are then unused, and `close` never closes this pool.
+    pub fn lend_pool(mut self, pool: deadpool_redis::Pool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Validates and builds. Connections open lazily on first use; call
+    /// [`Publisher::health`] to check the server is reachable.
+    ///
+    /// # Errors
+    /// `Config` naming the field at fault.
+    pub fn build(self) -> Result<RedisPublisher> {
+        let config = self.config;
+        config.validate()?;
+        let source = match self.pool {
+            Some(pool) => Source::Lent(pool),
+            None => {
+                let client = Client::open(config.url.as_str()).map_err(|e| {
+                    Error::config(
+                        BACKEND,
+                        "url",
+                        format!(
+                            "invalid Redis URL `{}`: {:?}",
+                            redact(&config.url),
+                            e.kind()
+                        ),
+                    )
+                })?;
+                let conn_config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(config.timeouts.connect))
+                    .set_response_timeout(Some(config.timeouts.publish));
+                let pool = Pool::builder(RedisManager::new(client, conn_config))
+                    .max_size(config.pool.max_size)
+                    .wait_timeout(Some(config.pool.wait_timeout))
+                    .create_timeout(Some(
+                        config.pool.create_timeout.min(config.timeouts.connect),
+                    ))
+                    .recycle_timeout(Some(config.pool.recycle_timeout))
+                    .runtime(Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| {
+                        Error::config(BACKEND, "pool", format!("cannot build the pool: {e}"))
+                    })?;
+                Source::Owned(pool)
+            }
+        };
+        let lifecycle = Lifecycle::new(BACKEND, config.timeouts.close);
+        let inner = Arc::new(Inner {
+            config,
+            source,
+            last_health: Mutex::new(None),
+        });
+        if let Some(interval) = inner.config.health_interval {
+            let monitor = inner.clone();
+            lifecycle.spawn(async move { monitor.monitor(interval).await });
+        }
+        Ok(RedisPublisher { inner, lifecycle })
+    }
+}
+
+impl RedisPublisher {
+    /// A builder with [`RedisConfig::default`].
+    pub fn builder() -> RedisPublisherBuilder {
+        RedisPublisherBuilder::default()
+    }
+
+    /// Builds from a `redis://` URL (see [`RedisConfig::from_url`]).
+    ///
+    /// # Errors
+    /// `Config` naming the field at fault.
+    pub fn from_url(url: &str) -> Result<Self> {
+        Self::builder().config(RedisConfig::from_url(url)?).build()
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// The last report of the background health monitor (`health_interval`), if it ran.
+    pub fn last_health(&self) -> Option<Health> {
+        self.inner
+            .last_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Inner {
+    fn check(&self, event: &Event) -> Result<()> {
+        event.validate(BACKEND)?;
+        let limit = self.config.max_payload_bytes;
+        if event.payload().len() > limit {
+            return Err(Error::invalid_event(
+                BACKEND,
+                "payload",
+                format!(
+                    "payload of {} bytes exceeds max_payload_bytes ({limit})",
+                    event.payload().len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn command(&self, event: &Event) -> redis::Cmd {
+        match self.config.mode {
+            Mode::Stream => {
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(event.topic());
+                if let Some(n) = self.config.maxlen {
+                    cmd.arg("MAXLEN").arg("~").arg(n);
+                }
+                cmd.arg("*");
+                add_stream_fields(&mut cmd, event);
+                cmd
+            }
+            Mode::Pubsub => {
+                let mut cmd = redis::cmd("PUBLISH");
+                cmd.arg(event.topic());
+                match self.config.pubsub_format {
+                    PubsubFormat::Envelope => {
+                        let mut buf = Vec::with_capacity(256 + event.payload().len());
+                        envelope::encode(event, &mut buf);
+                        cmd.arg(buf);
+                    }
+                    PubsubFormat::Payload => {
+                        cmd.arg(event.payload().as_ref());
+                    }
+                }
+                cmd
+            }
+        }
+    }
+
+    /// Turns Redis's reply to one command into a receipt.
+    fn receipt(&self, event: &Event, reply: RedisResult<redis::Value>) -> Result<Receipt> {
+        let value = reply.map_err(from_redis)?;
+        let position = match self.config.mode {
+            Mode::Stream => Position::StreamEntry(
+                redis::from_redis_value::<String>(value).map_err(|e| from_redis(e.into()))?,
+            ),
+            Mode::Pubsub => {
+                let n: u64 = redis::from_redis_value(value).map_err(|e| from_redis(e.into()))?;
+                if n < self.config.min_receivers {
+                    return Err(Error::new(
+                        ErrorKind::Rejected,
+                        BACKEND,
+                        format!(
+                            "channel `{}` has {n} subscriber(s), fewer than min_receivers ({})",
+                            event.topic(),
+                            self.config.min_receivers
+                        ),
+                    ));
+                }
+                Position::Receivers(n)
+            }
+        };
+        Ok(Receipt::new(event, position))
+    }
+
+    async fn publish(&self, event: &Event) -> Result<Receipt> {
+        self.check(event)?;
+        let cmd = self.command(event);
+        let mut conn = self.source.get(&self.config.pool).await?;
+        let reply = cmd.query_async::<redis::Value>(conn.get()).await;
+        self.receipt(event, reply)
+    }
+
+    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+        let checks: Vec<Result<()>> = events.iter().map(|e| self.check(e)).collect();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (event, check) in events.iter().zip(&checks) {
+            if check.is_ok() {
+                pipe.add_command(self.command(event));
+            }
+        }
+        let mut replies = if checks.iter().any(Result::is_ok) {
+            let mut conn = self.source.get(&self.config.pool).await?;
+            pipe.query_async::<Vec<RedisResult<redis::Value>>>(conn.get())
+                .await
+                .map_err(from_redis)?
+                .into_iter()
+        } else {
+            Vec::new().into_iter()
+        };
+        Ok(events
+            .iter()
+            .zip(checks)
+            .map(|(event, check)| {
+                check?;
+                let reply = replies.next().unwrap_or_else(|| {
+                    Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "pipeline returned fewer replies than commands",
+                    )))
+                });
+                self.receipt(event, reply)
+            })
+            .collect())
+    }
+
+    async fn ping(&self) -> Health {
+        let started = Instant::now();
+        let check = async {
+            let mut conn = self.source.get(&self.config.pool).await?;
+            redis::cmd("PING")
+                .query_async::<String>(conn.get())
+                .await
+                .map_err(from_redis)
+        };
+        match tokio::time::timeout(self.config.timeouts.health, check).await {
+            Ok(Ok(pong)) => Health::healthy(BACKEND, Some(started.elapsed()), pong),
+            Ok(Err(e)) => Health::unhealthy(BACKEND, e.to_string()),
+            Err(_) => Health::unhealthy(
+                BACKEND,
+                format!(
+                    "no PONG within the health timeout ({:?})",
+                    self.config.timeouts.health
+                ),
+            ),
+        }
+    }
+
+    async fn monitor(&self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let health = self.ping().await;
+            let mut last = self.last_health.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = last.as_ref().is_none_or(|l| l.status != health.status);
+            if changed {
+                if health.is_healthy() {
+                    tracing::info!(backend = BACKEND, %health, "Redis health changed");
+                } else {
+                    tracing::warn!(backend = BACKEND, %health, "Redis health changed");
+                }
+            }
+            *last = Some(health);
+        }
+    }
+}
+
+#[async_trait]
+impl Publisher for RedisPublisher {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn publish(&self, event: Event) -> Result<Receipt> {
+        self.lifecycle
+            .run(
+                self.inner.config.timeouts.publish,
+                "redis publish",
+                self.inner.publish(&event),
+            )
+            .await
+    }
+
+    async fn publish_batch(&self, events: Vec<Event>) -> BatchOutcome {
+        let run = self
+            .lifecycle
+            .run(
+                self.inner.config.timeouts.publish,
+                "redis batch publish",
+                self.inner.publish_batch(&events),
+            )
+            .await;
+        match run {
+            Ok(results) => BatchOutcome::new(results),
+            Err(e) => {
+                // Per-event validation errors stay per event even when the batch failed.
+                BatchOutcome::new(
+                    events
+                        .iter()
+                        .map(|ev| self.inner.check(ev).and(Err(e.clone())))
+                        .collect(),
+                )
+            }
+        }
+    }
+
+    async fn health(&self) -> Health {
+        if self.is_closed() {
+            return Health::closed(BACKEND);
+        }
+        self.inner.ping().await
+    }
+
+    async fn close(&self) -> Result<CloseReport> {
+        let source = self.inner.source.clone();
+        self.lifecycle
+            .close(move |_| async move {
+                source.close_if_owned();
+                Ok(0)
+            })
+            .await
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lifecycle.is_closed()
+    }
+}
