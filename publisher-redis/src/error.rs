@@ -36,6 +36,18 @@ pub(crate) fn from_redis(e: RedisError) -> Error {
             "the connection to Redis failed".to_owned(),
             true,
         )
+    } else if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        (
+            ErrorKind::Connect,
+            "Redis refused the credentials".to_owned(),
+            false,
+        )
+    } else if e.kind() == redis::ErrorKind::InvalidClientConfig {
+        (
+            ErrorKind::Config,
+            "the Redis client configuration is invalid".to_owned(),
+            false,
+        )
     } else if let Some(code) = e.code() {
         let code = code.to_owned();
         if TRANSIENT_CODES.contains(&code.as_str()) {

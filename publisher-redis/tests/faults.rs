@@ -1,0 +1,258 @@
+//! Faults against a private `redis-server` (never the shared one): a crash and restart
+//! mid-stream, a paused server, an exhausted pool.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use publisher_core::{ErrorKind, Event, PoolConfig, Publisher, Timeouts};
+use publisher_redis::{Mode, RedisPublisher};
+use support::{RedisServer, client_conn, config, redis_url, xrange};
+
+fn tight_timeouts() -> Timeouts {
+    Timeouts::default()
+        .with_connect(Duration::from_millis(500))
+        .with_publish(Duration::from_secs(1))
+        .with_close(Duration::from_secs(5))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_mid_stream_fails_typed_then_recovers_and_keeps_every_acknowledged_entry() {
+    let mut server = RedisServer::start().await;
+    let mut cfg = config(&server.url(), Mode::Stream);
+    cfg.timeouts = tight_timeouts();
+    cfg.pool = PoolConfig::default()
+        .with_max_size(4)
+        .with_wait_timeout(Duration::from_millis(500))
+        .with_create_timeout(Duration::from_millis(500))
+        .with_recycle_timeout(Duration::from_millis(500));
+    let publisher = Arc::new(RedisPublisher::builder().config(cfg).build().unwrap());
+    let topic = publisher_core::testing::unique_name("publisher-test.restart");
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let p = publisher.clone();
+    let t = topic.clone();
+    let s = stop.clone();
+    let publishing = tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        let mut i = 0u64;
+        while !s.load(std::sync::atomic::Ordering::SeqCst) {
+            let event = Event::text(t.clone(), format!("event {i}"));
+            let id = event.id();
+            let started = Instant::now();
+            let r = p.publish(event).await;
+            outcomes.push((id, started.elapsed(), r));
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        outcomes
+    });
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.restart().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let outcomes = publishing.await.unwrap();
+
+    let first_err = outcomes
+        .iter()
+        .position(|(_, _, r)| r.is_err())
+        .expect("publishes must fail while Redis is down");
+    assert!(first_err > 0, "publishes before the crash must succeed");
+    let last_err = outcomes.iter().rposition(|(_, _, r)| r.is_err()).unwrap();
+    assert!(
+        outcomes[last_err + 1..]
+            .iter()
+            .filter(|(_, _, r)| r.is_ok())
+            .count()
+            > 10,
+        "publishes must succeed again after the restart without recreating the publisher"
+    );
+    for (_, elapsed, r) in &outcomes {
+        if let Err(e) = r {
+            assert!(
+                matches!(
+                    e.kind(),
+                    ErrorKind::Connect | ErrorKind::Timeout | ErrorKind::Unavailable
+                ),
+                "untyped failure while down: {e:?}"
+            );
+            assert!(e.is_retryable(), "{e}");
+            assert!(
+                *elapsed < Duration::from_millis(1500),
+                "a failure took {elapsed:?}, over the 1 s publish timeout"
+            );
+        }
+    }
+
+    let mut conn = client_conn(&server.url()).await;
+    let stored: std::collections::HashSet<_> = xrange(&mut conn, &topic)
+        .await
+        .iter()
+        .map(|e| e.id())
+        .collect();
+    for (id, _, r) in &outcomes {
+        if r.is_ok() {
+            assert!(
+                stored.contains(id),
+                "acknowledged event {id} lost in the restart"
+            );
+        }
+    }
+    publisher.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn paused_server_gives_timeout_within_the_bound() {
+    let server = RedisServer::start().await;
+    let mut cfg = config(&server.url(), Mode::Stream);
+    cfg.timeouts = tight_timeouts().with_publish(Duration::from_millis(300));
+    let publisher = RedisPublisher::builder().config(cfg).build().unwrap();
+    publisher
+        .publish(Event::text("paused", "warm"))
+        .await
+        .unwrap();
+
+    let mut admin = client_conn(&server.url()).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(2000)
+        .arg("WRITE")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = publisher
+        .publish(Event::text("paused", "stuck"))
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+    assert!(elapsed < Duration::from_millis(800), "took {elapsed:?}");
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    publisher.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn exhausted_lent_pool_gives_unavailable_within_the_wait_timeout_and_is_not_closed() {
+    let pool = deadpool_redis::Config::from_url(redis_url())
+        .builder()
+        .unwrap()
+        .max_size(1)
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .build()
+        .unwrap();
+    let mut cfg = config(&redis_url(), Mode::Stream);
+    cfg.pool = cfg.pool.with_wait_timeout(Duration::from_millis(200));
+    let publisher = RedisPublisher::builder()
+        .config(cfg)
+        .lend_pool(pool.clone())
+        .build()
+        .unwrap();
+    let topic = publisher_core::testing::unique_name("publisher-test.pool");
+
+    let held = pool.get().await.unwrap();
+    let started = Instant::now();
+    let err = publisher
+        .publish(Event::text(topic.clone(), "waits"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err:?}");
+    assert_eq!(err.field(), Some("pool.wait_timeout"));
+    assert!(started.elapsed() < Duration::from_millis(700));
+    drop(held);
+
+    publisher
+        .publish(Event::text(topic.clone(), "flows"))
+        .await
+        .unwrap();
+    publisher.close().await.unwrap();
+    assert!(!pool.is_closed(), "a lent pool must never be closed by us");
+    let mut conn = pool.get().await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&topic)
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn exhausted_owned_pool_gives_unavailable_while_the_only_connection_is_busy() {
+    let server = RedisServer::start().await;
+    let mut cfg = config(&server.url(), Mode::Stream);
+    cfg.pool = cfg
+        .pool
+        .with_max_size(1)
+        .with_wait_timeout(Duration::from_millis(200));
+    cfg.timeouts = tight_timeouts().with_publish(Duration::from_secs(2));
+    let publisher = Arc::new(RedisPublisher::builder().config(cfg).build().unwrap());
+    publisher
+        .publish(Event::text("busy", "warm"))
+        .await
+        .unwrap();
+    let mut admin = client_conn(&server.url()).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1000)
+        .arg("WRITE")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let p = publisher.clone();
+    let holder = tokio::spawn(async move { p.publish(Event::text("busy", "holds")).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let err = publisher
+        .publish(Event::text("busy", "waits"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err:?}");
+    assert!(started.elapsed() < Duration::from_millis(700));
+    // The held publish completes once the pause ends.
+    holder.await.unwrap().unwrap();
+    publisher.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_monitor_runs_in_background_and_stops_on_close() {
+    let server = RedisServer::start().await;
+    let mut cfg = config(&server.url(), Mode::Stream);
+    cfg.health_interval = Some(Duration::from_millis(50));
+    let publisher = RedisPublisher::builder().config(cfg).build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while publisher.last_health().is_none() {
+        assert!(Instant::now() < deadline, "monitor never reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(publisher.last_health().unwrap().is_healthy());
+    let health = publisher.health().await;
+    assert!(health.is_healthy());
+    assert!(health.latency.is_some());
+    publisher.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_of_an_unreachable_server_is_unhealthy_and_bounded() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = config(&format!("redis://127.0.0.1:{port}"), Mode::Stream);
+    cfg.timeouts = tight_timeouts().with_health(Duration::from_millis(500));
+    let publisher = RedisPublisher::builder().config(cfg).build().unwrap();
+    let started = Instant::now();
+    let health = publisher.health().await;
+    assert!(!health.is_healthy());
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let err = publisher.publish(Event::text("t", "x")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connect, "{err:?}");
+    publisher.close().await.unwrap();
+}
