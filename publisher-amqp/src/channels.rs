@@ -1,0 +1,153 @@
+//! The connection (ours, reconnected on demand, or lent by the caller) and the deadpool pool of
+//! confirm-mode channels opened on it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use lapin::options::ConfirmSelectOptions;
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties};
+use publisher_core::{Error, ErrorKind, Result};
+use tokio::sync::Mutex;
+
+use crate::BACKEND;
+use crate::error::from_lapin;
+
+/// Where the connection comes from.
+pub(crate) enum Link {
+    /// Ours: opened from the URI, reopened when it drops, closed at close.
+    Owned {
+        uri: AMQPUri,
+        name: String,
+        connect_timeout: Duration,
+        current: Mutex<Option<Arc<Connection>>>,
+    },
+    /// The caller's: used as is, never closed or replaced by us.
+    Lent(Arc<Connection>),
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Link::Owned { name, .. } => write!(f, "Owned({name})"),
+            Link::Lent(_) => f.write_str("Lent"),
+        }
+    }
+}
+
+impl Link {
+    pub(crate) fn owned(uri: AMQPUri, name: String, connect_timeout: Duration) -> Self {
+        Link::Owned {
+            uri,
+            name,
+            connect_timeout,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// A connected connection: the current one, or (owned only) a new one when it dropped.
+    pub(crate) async fn connection(&self) -> Result<Arc<Connection>> {
+        match self {
+            Link::Lent(c) => {
+                if c.status().connected() {
+                    Ok(c.clone())
+                } else {
+                    Err(Error::new(
+                        ErrorKind::Connect,
+                        BACKEND,
+                        "the lent AMQP connection is not connected (reconnecting it is the \
+                         caller's job)",
+                    ))
+                }
+            }
+            Link::Owned {
+                uri,
+                name,
+                connect_timeout,
+                current,
+            } => {
+                let mut current = current.lock().await;
+                if let Some(c) = current.as_ref()
+                    && c.status().connected()
+                {
+                    return Ok(c.clone());
+                }
+                let props =
+                    ConnectionProperties::default().with_connection_name(name.as_str().into());
+                let conn = tokio::time::timeout(
+                    *connect_timeout,
+                    Connection::connect_uri(uri.clone(), props),
+                )
+                .await
+                .map_err(|_| Error::timeout(BACKEND, "connecting to RabbitMQ", *connect_timeout))?
+                .map_err(from_lapin)?;
+                let conn = Arc::new(conn);
+                if current.is_some() {
+                    tracing::info!(backend = BACKEND, connection = %name, "reconnected to RabbitMQ");
+                }
+                *current = Some(conn.clone());
+                Ok(conn)
+            }
+        }
+    }
+
+    /// The current connection without connecting.
+    pub(crate) async fn current(&self) -> Option<Arc<Connection>> {
+        match self {
+            Link::Lent(c) => Some(c.clone()),
+            Link::Owned { current, .. } => current.lock().await.clone(),
+        }
+    }
+
+    /// Closes our connection (never a lent one). Closing an already closed connection is fine.
+    pub(crate) async fn close(&self, limit: Duration) {
+        if let Link::Owned { current, .. } = self
+            && let Some(conn) = current.lock().await.take()
+            && conn.status().connected()
+        {
+            match tokio::time::timeout(limit, conn.close(200, "publisher closed".into())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(backend = BACKEND, error = %e, "closing the AMQP connection")
+                }
+                Err(_) => {
+                    tracing::warn!(backend = BACKEND, "closing the AMQP connection timed out")
+                }
+            }
+        }
+    }
+}
+
+/// Opens confirm-mode channels on the [`Link`]'s connection and checks them before reuse.
+#[derive(Debug)]
+pub struct ChannelManager {
+    pub(crate) link: Arc<Link>,
+}
+
+impl managed::Manager for ChannelManager {
+    type Type = Channel;
+    type Error = Error;
+
+    async fn create(&self) -> Result<Channel> {
+        let conn = self.link.connection().await?;
+        let channel = conn.create_channel().await.map_err(from_lapin)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(from_lapin)?;
+        Ok(channel)
+    }
+
+    async fn recycle(&self, channel: &mut Channel, _: &Metrics) -> RecycleResult<Error> {
+        // A channel closed by the broker (or on a dropped connection) is replaced.
+        if channel.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("channel is no longer open"))
+        }
+    }
+}
+
+/// The pool of confirm-mode channels.
+pub type ChannelPool = managed::Pool<ChannelManager>;

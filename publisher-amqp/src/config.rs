@@ -1,0 +1,339 @@
+//! [`AmqpConfig`]: URL, routing, delivery, channel pool and timeouts.
+
+use std::fmt;
+use std::time::Duration;
+
+use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use publisher_core::{Error, PoolConfig, Result, Timeouts};
+use serde::{Deserialize, Serialize};
+
+use crate::BACKEND;
+
+/// Longest exchange name, routing key or header name AMQP 0-9-1 can carry (a short string).
+pub const MAX_SHORT_STRING: usize = 255;
+
+/// The type of an exchange declared at build time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExchangeKind {
+    /// Routes by exact routing key.
+    Direct,
+    /// Routes to every bound queue.
+    Fanout,
+    /// Routes by routing-key pattern.
+    Topic,
+    /// Routes by header values.
+    Headers,
+}
+
+impl ExchangeKind {
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "direct" => Ok(Self::Direct),
+            "fanout" => Ok(Self::Fanout),
+            "topic" => Ok(Self::Topic),
+            "headers" => Ok(Self::Headers),
+            other => Err(Error::config(
+                BACKEND,
+                "declare_exchange.kind",
+                format!(
+                    "unknown exchange type `{other}`: expected direct, fanout, topic or headers"
+                ),
+            )),
+        }
+    }
+
+    pub(crate) fn to_lapin(self) -> lapin::ExchangeKind {
+        match self {
+            Self::Direct => lapin::ExchangeKind::Direct,
+            Self::Fanout => lapin::ExchangeKind::Fanout,
+            Self::Topic => lapin::ExchangeKind::Topic,
+            Self::Headers => lapin::ExchangeKind::Headers,
+        }
+    }
+}
+
+/// An exchange to declare when the publisher is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeDeclare {
+    /// The exchange type.
+    pub kind: ExchangeKind,
+    /// Survives a broker restart. Default: true.
+    #[serde(default = "yes")]
+    pub durable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Configuration of the AMQP publisher. Missing fields take the documented defaults.
+///
+/// `Debug` and `Display` never show the password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// `amqp://user:password@host:port/vhost` (or `amqps://` with feature `tls`).
+    /// Default: `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub url: String,
+    /// The exchange events are published to; the routing key is the event topic.
+    /// Default: `""`, the default exchange (routes to the queue named by the routing key).
+    pub exchange: String,
+    /// Declare [`exchange`](Self::exchange) at build time. Default: none (it must exist).
+    pub declare_exchange: Option<ExchangeDeclare>,
+    /// Publish with the mandatory flag: a message no queue receives is returned and reported
+    /// as `Rejected`. Default: true.
+    pub mandatory: bool,
+    /// Persistent delivery mode (2). Default: true.
+    pub persistent: bool,
+    /// Heartbeat interval negotiated with the broker, whole seconds from 1 to 65535.
+    /// A dead connection is detected within about two intervals; after close (or drop) lapin's
+    /// heartbeat timer task lingers for up to one interval before it exits. Default: 10 s.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Connection name shown by the broker (`rabbitmqctl list_connections name`).
+    /// Default: `publisher-amqp`.
+    pub connection_name: String,
+    /// The pool of confirm-mode channels. Default: [`PoolConfig::default`].
+    pub pool: PoolConfig,
+    /// Timeouts: `connect` bounds connecting (and reconnecting); `publish` bounds channel wait,
+    /// send and confirm. Default: [`Timeouts::default`].
+    pub timeouts: Timeouts,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            exchange: String::new(),
+            declare_exchange: None,
+            mandatory: true,
+            persistent: true,
+            heartbeat: Duration::from_secs(10),
+            connection_name: "publisher-amqp".into(),
+            pool: PoolConfig::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// `url` with its password replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => match url.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://<unparseable>"),
+            None => "<unparseable>".into(),
+        },
+    }
+}
+
+impl fmt::Debug for AmqpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpConfig")
+            .field("url", &redact(&self.url))
+            .field("exchange", &self.exchange)
+            .field("declare_exchange", &self.declare_exchange)
+            .field("mandatory", &self.mandatory)
+            .field("persistent", &self.persistent)
+            .field("heartbeat", &self.heartbeat)
+            .field("connection_name", &self.connection_name)
+            .field("pool", &self.pool)
+            .field("timeouts", &self.timeouts)
+            .finish()
+    }
+}
+
+impl fmt::Display for AmqpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} exchange `{}`", redact(&self.url), self.exchange)
+    }
+}
+
+fn bad(field: &'static str, msg: impl Into<String>) -> Error {
+    Error::config(BACKEND, field, msg.into())
+}
+
+fn parse_bool(field: &'static str, v: &str) -> Result<bool> {
+    match v {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(bad(field, format!("`{v}` is not true or false"))),
+    }
+}
+
+impl AmqpConfig {
+    /// Parses `amqp://user:password@host:port/vhost` (or `amqps://`, feature `tls`) with optional
+    /// query parameters `heartbeat=SECONDS`, `exchange=NAME`, `exchange_type=direct|fanout|topic|headers`
+    /// (declares the exchange, durable unless `exchange_durable=false`), `mandatory=BOOL`,
+    /// `persistent=BOOL`, `connection_name=NAME`, `pool_max_size=N`.
+    ///
+    /// # Errors
+    /// `Config` naming `url` or the parameter at fault.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let mut parsed = url::Url::parse(url).map_err(|e| {
+            bad("url", format!("malformed AMQP URL `{}`", redact(url))).with_source(e)
+        })?;
+        check_scheme(parsed.scheme())?;
+        let mut cfg = AmqpConfig::default();
+        let mut exchange_type = None;
+        let mut exchange_durable = true;
+        for (k, v) in parsed.query_pairs() {
+            match k.as_ref() {
+                "heartbeat" => {
+                    let secs: u64 = v.parse().map_err(|_| {
+                        bad("heartbeat", format!("`{v}` is not a number of seconds"))
+                    })?;
+                    cfg.heartbeat = Duration::from_secs(secs);
+                }
+                "exchange" => cfg.exchange = v.into_owned(),
+                "exchange_type" => exchange_type = Some(ExchangeKind::parse(&v)?),
+                "exchange_durable" => exchange_durable = parse_bool("exchange_durable", &v)?,
+                "mandatory" => cfg.mandatory = parse_bool("mandatory", &v)?,
+                "persistent" => cfg.persistent = parse_bool("persistent", &v)?,
+                "connection_name" => cfg.connection_name = v.into_owned(),
+                "pool_max_size" => {
+                    cfg.pool.max_size = v
+                        .parse()
+                        .map_err(|_| bad("pool.max_size", format!("`{v}` is not a number")))?;
+                }
+                other => {
+                    return Err(bad(
+                        "url",
+                        format!(
+                            "unknown query parameter `{other}` (known: heartbeat, exchange, \
+                             exchange_type, exchange_durable, mandatory, persistent, \
+                             connection_name, pool_max_size)"
+                        ),
+                    ));
+                }
+            }
+        }
+        cfg.declare_exchange = exchange_type.map(|kind| ExchangeDeclare {
+            kind,
+            durable: exchange_durable,
+        });
+        parsed.set_query(None);
+        cfg.url = parsed.to_string();
+        Ok(cfg)
+    }
+
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// `Config` naming the field at fault.
+    pub fn validate(&self) -> Result<()> {
+        self.uri()?;
+        self.timeouts.validate(BACKEND)?;
+        self.pool.validate(BACKEND)?;
+        if self.exchange.len() > MAX_SHORT_STRING {
+            return Err(bad("exchange", "exchange names are at most 255 bytes"));
+        }
+        if self.declare_exchange.is_some() && self.exchange.is_empty() {
+            return Err(bad(
+                "declare_exchange",
+                "the default exchange cannot be declared: set `exchange` to a name",
+            ));
+        }
+        if self.connection_name.len() > MAX_SHORT_STRING {
+            return Err(bad("connection_name", "at most 255 bytes"));
+        }
+        let hb = self.heartbeat;
+        if hb.is_zero() {
+            return Err(bad(
+                "heartbeat",
+                "0 disables heartbeats, so a dead connection would go unnoticed until the OS \
+                 gives up: use at least 1 second",
+            ));
+        }
+        if hb.subsec_nanos() != 0 || hb.as_secs() > u64::from(u16::MAX) {
+            return Err(bad(
+                "heartbeat",
+                "AMQP heartbeats are whole seconds from 1 to 65535",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The lapin URI, built from our own parse of the URL: amq-protocol's parser reads the
+    /// host with `Url::domain()`, which is `None` for IP literals (`[::1]`, `10.0.0.5`), and so
+    /// silently connects to `localhost` instead. We take `Url::host()` and keep literals.
+    pub(crate) fn uri(&self) -> Result<AMQPUri> {
+        let url = url::Url::parse(&self.url).map_err(|e| {
+            bad("url", format!("malformed AMQP URL `{}`", redact(&self.url))).with_source(e)
+        })?;
+        check_scheme(url.scheme())?;
+        let tls = url.scheme() == "amqps";
+        let scheme = if tls {
+            AMQPScheme::AMQPS
+        } else {
+            AMQPScheme::AMQP
+        };
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) if !d.is_empty() => d.to_owned(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            _ => return Err(bad("url", "the URL has no host")),
+        };
+        let default = AMQPUri::default();
+        let username = match url.username() {
+            "" => default.authority.userinfo.username,
+            u => percent_decode(u)?,
+        };
+        let password = match url.password() {
+            None => default.authority.userinfo.password,
+            Some(p) => percent_decode(p)?,
+        };
+        let vhost = match url.path() {
+            "" | "/" => "/".to_owned(),
+            p => percent_decode(&p[1..])?,
+        };
+        Ok(AMQPUri {
+            scheme,
+            authority: AMQPAuthority {
+                userinfo: AMQPUserInfo { username, password },
+                host,
+                port: url.port().unwrap_or(if tls { 5671 } else { 5672 }),
+            },
+            vhost,
+            query: AMQPQueryString {
+                heartbeat: Some(self.heartbeat.as_secs() as u16),
+                connection_timeout: Some(self.timeouts.connect.as_millis() as u64),
+                ..Default::default()
+            },
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| {
+            bad(
+                "url",
+                "the URL's user, password or vhost is not valid UTF-8",
+            )
+        })
+}
+
+fn check_scheme(scheme: &str) -> Result<()> {
+    match scheme {
+        "amqp" => Ok(()),
+        "amqps" if cfg!(feature = "tls") => Ok(()),
+        "amqps" => Err(bad(
+            "url",
+            "amqps:// needs TLS support: enable the `tls` feature of publisher-amqp",
+        )),
+        other => Err(bad(
+            "url",
+            format!("unsupported scheme `{other}://`: expected amqp:// or amqps://"),
+        )),
+    }
+}

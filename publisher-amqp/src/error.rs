@@ -1,0 +1,96 @@
+//! Mapping lapin and deadpool errors onto [`publisher_core::Error`].
+
+use deadpool::managed::{PoolError, TimeoutType};
+use lapin::ErrorKind as LapinKind;
+use publisher_core::{Error, ErrorKind};
+
+use crate::BACKEND;
+
+pub(crate) fn from_lapin(e: lapin::Error) -> Error {
+    let (kind, msg, retryable) = match e.kind() {
+        LapinKind::IOError(_)
+        | LapinKind::MissingHeartbeatError
+        | LapinKind::RuntimeShutdownError(_)
+        | LapinKind::InvalidConnectionState(_) => (
+            ErrorKind::Connect,
+            "the connection to RabbitMQ is not usable".to_owned(),
+            true,
+        ),
+        LapinKind::InvalidChannelState(..) | LapinKind::InvalidChannel(_) => (
+            ErrorKind::Unavailable,
+            "the AMQP channel was closed".to_owned(),
+            true,
+        ),
+        LapinKind::ChannelsLimitReached => (
+            ErrorKind::Unavailable,
+            "the connection's channel limit is reached".to_owned(),
+            true,
+        ),
+        LapinKind::AuthProviderError(_) => (
+            ErrorKind::Connect,
+            "authentication failed".to_owned(),
+            false,
+        ),
+        LapinKind::ProtocolError(amqp) => {
+            let code = amqp.get_id();
+            let text = amqp.get_message().as_str().to_owned();
+            match code {
+                // ACCESS_REFUSED, NOT_ALLOWED: credentials or permissions.
+                403 | 530 => (
+                    ErrorKind::Connect,
+                    format!("RabbitMQ refused access ({code}): {text}"),
+                    false,
+                ),
+                // CONNECTION_FORCED (broker shutting down or operator), RESOURCE_ERROR.
+                320 | 506 => (
+                    ErrorKind::Connect,
+                    format!("RabbitMQ closed the connection ({code}): {text}"),
+                    true,
+                ),
+                _ => (
+                    ErrorKind::Rejected,
+                    format!("RabbitMQ refused the operation ({code}): {text}"),
+                    false,
+                ),
+            }
+        }
+        _ => (ErrorKind::Other, "AMQP client error".to_owned(), false),
+    };
+    Error::new(kind, BACKEND, msg)
+        .with_retryable(retryable)
+        .with_source(e)
+}
+
+pub(crate) fn from_pool(e: PoolError<Error>) -> Error {
+    match e {
+        PoolError::Timeout(TimeoutType::Wait) => Error::new(
+            ErrorKind::Unavailable,
+            BACKEND,
+            "no pooled AMQP channel became free within pool.wait_timeout",
+        )
+        .with_field("pool.wait_timeout"),
+        PoolError::Timeout(TimeoutType::Create) => Error::new(
+            ErrorKind::Connect,
+            BACKEND,
+            "opening an AMQP channel (or connecting) timed out",
+        )
+        .with_retryable(true),
+        PoolError::Timeout(TimeoutType::Recycle) => Error::new(
+            ErrorKind::Unavailable,
+            BACKEND,
+            "checking a pooled AMQP channel timed out",
+        ),
+        PoolError::Backend(e) => e,
+        PoolError::Closed => Error::closed(BACKEND),
+        PoolError::NoRuntimeSpecified => Error::new(
+            ErrorKind::Config,
+            BACKEND,
+            "the channel pool has no runtime",
+        ),
+        PoolError::PostCreateHook(e) => Error::new(
+            ErrorKind::Connect,
+            BACKEND,
+            format!("channel setup failed: {e}"),
+        ),
+    }
+}

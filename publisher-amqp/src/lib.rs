@@ -1,0 +1,19 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod channels;
+mod config;
+mod error;
+pub mod mapping;
+mod publisher;
+
+pub use channels::{ChannelManager, ChannelPool};
+pub use config::{AmqpConfig, ExchangeDeclare, ExchangeKind, MAX_SHORT_STRING};
+pub use publisher::{AmqpPublisher, AmqpPublisherBuilder};
+
+/// Re-exported so that lent connections use the same version.
+pub use lapin;
+
+/// The backend name in errors, health reports and receipts.
+pub const BACKEND: &str = "amqp";

@@ -1,0 +1,377 @@
+//! [`AmqpPublisher`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deadpool::Runtime;
+use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Connection, PublisherConfirm};
+use publisher_core::{
+    BatchOutcome, CloseReport, Error, ErrorKind, Event, Health, Lifecycle, Position, Publisher,
+    Receipt, Result,
+};
+
+use crate::BACKEND;
+use crate::channels::{ChannelManager, ChannelPool, Link};
+use crate::config::AmqpConfig;
+use crate::error::{from_lapin, from_pool};
+use crate::mapping::{properties, validate};
+
+/// Publishes to a RabbitMQ exchange over a pool of confirm-mode channels.
+///
+/// `publish` returns Ok only after RabbitMQ confirmed the message (basic.ack) and did not return
+/// it as unroutable. A nack or a return is [`ErrorKind::Rejected`]; a confirm that does not come
+/// within the publish timeout is [`ErrorKind::Timeout`].
+#[derive(Debug)]
+pub struct AmqpPublisher {
+    inner: Arc<Inner>,
+    lifecycle: Lifecycle,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: AmqpConfig,
+    exchange: ShortString,
+    link: Arc<Link>,
+    pool: ChannelPool,
+}
+
+/// Builds an [`AmqpPublisher`]. Setters never fail; [`AmqpPublisherBuilder::build`] validates
+/// everything at once, connects and declares the exchange if asked to.
+#[derive(Default)]
+pub struct AmqpPublisherBuilder {
+    config: AmqpConfig,
+    connection: Option<Arc<Connection>>,
+}
+
+impl std::fmt::Debug for AmqpPublisherBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpPublisherBuilder")
+            .field("config", &self.config)
+            .field("lent_connection", &self.connection.is_some())
+            .finish()
+    }
+}
+
+impl AmqpPublisherBuilder {
+    /// Starts from `config`.
+    pub fn config(mut self, config: AmqpConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The exchange to publish to.
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.config.exchange = exchange.into();
+        self
+    }
+
+    /// Publishes on a connection the caller owns. It is never closed by us, and if it drops,
+    /// reconnecting it is the caller's job (publishes fail with `Connect` meanwhile).
+    pub fn lend_connection(mut self, connection: Arc<Connection>) -> Self {
+        self.connection = Some(connection);
+        self
+    }
+
+    /// Validates, connects (bounded by the connect timeout) and declares the exchange when
+    /// configured.
+    ///
+    /// # Errors
+    /// `Config` naming the field at fault; `Connect` or `Timeout` when RabbitMQ cannot be
+    /// reached; `Rejected` when the exchange declaration is refused.
+    pub async fn build(self) -> Result<AmqpPublisher> {
+        let config = self.config;
+        config.validate()?;
+        let exchange = ShortString::try_new(config.exchange.clone())
+            .map_err(|_| Error::config(BACKEND, "exchange", "at most 255 bytes"))?;
+        let link = Arc::new(match self.connection {
+            Some(conn) => Link::Lent(conn),
+            None => Link::owned(
+                config.uri()?,
+                config.connection_name.clone(),
+                config.timeouts.connect,
+            ),
+        });
+        let pool = ChannelPool::builder(ChannelManager { link: link.clone() })
+            .max_size(config.pool.max_size)
+            .wait_timeout(Some(config.pool.wait_timeout))
+            .create_timeout(Some(
+                config.pool.create_timeout.max(config.timeouts.connect),
+            ))
+            .recycle_timeout(Some(config.pool.recycle_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::config(BACKEND, "pool", format!("cannot build the pool: {e}")))?;
+
+        let conn = link.connection().await?;
+        if let Some(declare) = config.declare_exchange {
+            let setup = async {
+                let channel = conn.create_channel().await.map_err(from_lapin)?;
+                channel
+                    .exchange_declare(
+                        exchange.clone(),
+                        declare.kind.to_lapin(),
+                        ExchangeDeclareOptions {
+                            durable: declare.durable,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(from_lapin)?;
+                let _ = channel.close(200, "declared".into()).await;
+                Ok::<_, Error>(())
+            };
+            tokio::time::timeout(config.timeouts.connect, setup)
+                .await
+                .map_err(|_| {
+                    Error::timeout(BACKEND, "declaring the exchange", config.timeouts.connect)
+                })??;
+        }
+        let lifecycle = Lifecycle::new(BACKEND, config.timeouts.close);
+        Ok(AmqpPublisher {
+            inner: Arc::new(Inner {
+                config,
+                exchange,
+                link,
+                pool,
+            }),
+            lifecycle,
+        })
+    }
+}
+
+impl AmqpPublisher {
+    /// A builder with [`AmqpConfig::default`].
+    pub fn builder() -> AmqpPublisherBuilder {
+        AmqpPublisherBuilder::default()
+    }
+
+    /// Builds from an `amqp://` URL (see [`AmqpConfig::from_url`]).
+    ///
+    /// # Errors
+    /// As [`AmqpPublisherBuilder::build`].
+    pub async fn from_url(url: &str) -> Result<Self> {
+        Self::builder()
+            .config(AmqpConfig::from_url(url)?)
+            .build()
+            .await
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &AmqpConfig {
+        &self.inner.config
+    }
+}
+
+impl Inner {
+    fn pool_timeouts(&self) -> deadpool::managed::Timeouts {
+        deadpool::managed::Timeouts {
+            wait: Some(self.config.pool.wait_timeout),
+            create: Some(
+                self.config
+                    .pool
+                    .create_timeout
+                    .max(self.config.timeouts.connect),
+            ),
+            recycle: Some(self.config.pool.recycle_timeout),
+        }
+    }
+
+    async fn send(&self, channel: &lapin::Channel, event: &Event) -> Result<PublisherConfirm> {
+        let (routing_key, props) = properties(event, self.config.persistent)?;
+        channel
+            .basic_publish(
+                self.exchange.clone(),
+                routing_key,
+                BasicPublishOptions {
+                    mandatory: self.config.mandatory,
+                    ..Default::default()
+                },
+                event.payload(),
+                props,
+            )
+            .await
+            .map_err(from_lapin)
+    }
+
+    fn confirmed(&self, event: &Event, confirmation: Confirmation) -> Result<Receipt> {
+        match confirmation {
+            Confirmation::Ack(None) => Ok(Receipt::new(event, Position::None)),
+            Confirmation::Ack(Some(returned)) => Err(Error::new(
+                ErrorKind::Rejected,
+                BACKEND,
+                format!(
+                    "unroutable: exchange `{}` has no queue for routing key `{}` ({} {})",
+                    self.config.exchange,
+                    event.topic(),
+                    returned.reply_code,
+                    returned.reply_text
+                ),
+            )),
+            Confirmation::Nack(_) => Err(Error::new(
+                ErrorKind::Rejected,
+                BACKEND,
+                format!(
+                    "RabbitMQ nacked the message (exchange `{}`, routing key `{}`)",
+                    self.config.exchange,
+                    event.topic()
+                ),
+            )),
+            Confirmation::NotRequested => Err(Error::new(
+                ErrorKind::Other,
+                BACKEND,
+                "the channel is not in confirm mode; refusing to report an unconfirmed publish",
+            )),
+        }
+    }
+
+    async fn publish(&self, event: &Event) -> Result<Receipt> {
+        validate(event)?;
+        let channel = self
+            .pool
+            .timeout_get(&self.pool_timeouts())
+            .await
+            .map_err(from_pool)?;
+        let confirm = self.send(&channel, event).await?;
+        let confirmation = confirm.await.map_err(from_lapin)?;
+        self.confirmed(event, confirmation)
+    }
+
+    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+        let checks: Vec<Result<()>> = events.iter().map(validate).collect();
+        if checks.iter().all(Result::is_err) {
+            return Ok(checks
+                .into_iter()
+                .map(|c| c.map(|()| unreachable!()))
+                .collect());
+        }
+        let channel = self
+            .pool
+            .timeout_get(&self.pool_timeouts())
+            .await
+            .map_err(from_pool)?;
+        let mut sent = Vec::with_capacity(events.len());
+        for (event, check) in events.iter().zip(checks) {
+            sent.push(match check {
+                Ok(()) => self.send(&channel, event).await,
+                Err(e) => Err(e),
+            });
+        }
+        let confirms = sent.into_iter().zip(events).map(|(s, event)| async move {
+            let confirm = s?;
+            let confirmation = confirm.await.map_err(from_lapin)?;
+            self.confirmed(event, confirmation)
+        });
+        Ok(futures::future::join_all(confirms).await)
+    }
+
+    async fn health(&self) -> Health {
+        let started = Instant::now();
+        let check = async {
+            let conn = self.link.current().await.ok_or_else(|| {
+                Error::new(ErrorKind::Connect, BACKEND, "no connection to RabbitMQ")
+            })?;
+            if !conn.status().connected() {
+                return Err(Error::new(
+                    ErrorKind::Connect,
+                    BACKEND,
+                    "the connection to RabbitMQ is down",
+                ));
+            }
+            let channel = conn.create_channel().await.map_err(from_lapin)?;
+            let _ = channel.close(200, "health check".into()).await;
+            Ok(())
+        };
+        match tokio::time::timeout(self.config.timeouts.health, check).await {
+            Ok(Ok(())) => Health::healthy(
+                BACKEND,
+                Some(started.elapsed()),
+                "connected; channel opened",
+            ),
+            Ok(Err(e)) => Health::unhealthy(BACKEND, e.to_string()),
+            Err(_) => Health::unhealthy(
+                BACKEND,
+                format!(
+                    "could not open a channel within the health timeout ({:?})",
+                    self.config.timeouts.health
+                ),
+            ),
+        }
+    }
+
+    async fn teardown(&self, remaining: Duration) {
+        let limit = remaining.max(Duration::from_millis(200));
+        let removed = self.pool.retain(|_, _| false).removed;
+        self.pool.close();
+        let closing = removed
+            .into_iter()
+            .filter(|c| c.status().connected())
+            .map(|c| async move {
+                let _ = tokio::time::timeout(limit, c.close(200, "publisher closed".into())).await;
+            });
+        futures::future::join_all(closing).await;
+        self.link.close(limit).await;
+    }
+}
+
+#[async_trait]
+impl Publisher for AmqpPublisher {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn publish(&self, event: Event) -> Result<Receipt> {
+        self.lifecycle
+            .run(
+                self.inner.config.timeouts.publish,
+                "amqp publish and confirm",
+                self.inner.publish(&event),
+            )
+            .await
+    }
+
+    async fn publish_batch(&self, events: Vec<Event>) -> BatchOutcome {
+        let run = self
+            .lifecycle
+            .run(
+                self.inner.config.timeouts.publish,
+                "amqp batch publish and confirm",
+                self.inner.publish_batch(&events),
+            )
+            .await;
+        match run {
+            Ok(results) => BatchOutcome::new(results),
+            Err(e) => BatchOutcome::new(
+                events
+                    .iter()
+                    .map(|ev| validate(ev).and(Err(e.clone())))
+                    .collect(),
+            ),
+        }
+    }
+
+    async fn health(&self) -> Health {
+        if self.is_closed() {
+            return Health::closed(BACKEND);
+        }
+        self.inner.health().await
+    }
+
+    async fn close(&self) -> Result<CloseReport> {
+        let inner = self.inner.clone();
+        self.lifecycle
+            .close(move |td| async move {
+                inner.teardown(td.remaining()).await;
+                Ok(0)
+            })
+            .await
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lifecycle.is_closed()
+    }
+}
