@@ -18,7 +18,7 @@ use crate::error::from_lapin;
 pub(crate) enum Link {
     /// Ours: opened from the URI, reopened when it drops, closed at close.
     Owned {
-        uri: AMQPUri,
+        uri: Box<AMQPUri>,
         name: String,
         connect_timeout: Duration,
         current: Mutex<Option<Arc<Connection>>>,
@@ -39,7 +39,7 @@ impl std::fmt::Debug for Link {
 impl Link {
     pub(crate) fn owned(uri: AMQPUri, name: String, connect_timeout: Duration) -> Self {
         Link::Owned {
-            uri,
+            uri: Box::new(uri),
             name,
             connect_timeout,
             current: Mutex::new(None),
@@ -77,7 +77,7 @@ impl Link {
                     ConnectionProperties::default().with_connection_name(name.as_str().into());
                 let conn = tokio::time::timeout(
                     *connect_timeout,
-                    Connection::connect_uri(uri.clone(), props),
+                    Connection::connect_uri((**uri).clone(), props),
                 )
                 .await
                 .map_err(|_| Error::timeout(BACKEND, "connecting to RabbitMQ", *connect_timeout))?
@@ -119,7 +119,7 @@ impl Link {
     }
 }
 
-/// Opens confirm-mode channels on the [`Link`]'s connection and checks them before reuse.
+/// Opens confirm-mode channels on the publisher's connection and checks them before reuse.
 #[derive(Debug)]
 pub struct ChannelManager {
     pub(crate) link: Arc<Link>,

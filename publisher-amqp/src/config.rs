@@ -337,3 +337,31 @@ fn check_scheme(scheme: &str) -> Result<()> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_literals_are_kept_not_replaced_by_localhost() {
+        for (url, host) in [
+            ("amqp://u:p@[::1]:5673/%2f", "::1"),
+            ("amqp://u:p@[fe80::1]/%2f", "fe80::1"),
+            ("amqp://10.1.2.3/%2f", "10.1.2.3"),
+            ("amqp://rabbit.internal:5672/%2f", "rabbit.internal"),
+        ] {
+            let uri = AmqpConfig::from_url(url).unwrap().uri().unwrap();
+            assert_eq!(uri.authority.host, host, "{url}");
+        }
+        let uri = AmqpConfig::from_url("amqp://u:p%40ss@[::1]:5673/my%2Fvhost")
+            .unwrap()
+            .uri()
+            .unwrap();
+        assert_eq!(uri.authority.port, 5673);
+        assert_eq!(uri.authority.userinfo.password, "p@ss");
+        assert_eq!(uri.vhost, "my/vhost");
+        let uri = AmqpConfig::from_url("amqp://h/%2f").unwrap().uri().unwrap();
+        assert_eq!(uri.vhost, "/");
+        assert_eq!(uri.authority.userinfo.username, "guest");
+    }
+}
