@@ -1,0 +1,22 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod from_url;
+mod publisher_config;
+
+pub use from_url::{enabled_schemes, from_url, from_url_arc};
+pub use publisher_config::PublisherConfig;
+pub use publisher_core::*;
+
+/// The console backend (feature `console`).
+#[cfg(feature = "console")]
+pub use publisher_console as console;
+
+/// The Redis backend (feature `redis`).
+#[cfg(feature = "redis")]
+pub use publisher_redis as redis;
+
+/// The RabbitMQ backend (feature `amqp`).
+#[cfg(feature = "amqp")]
+pub use publisher_amqp as amqp;

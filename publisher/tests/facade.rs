@@ -1,0 +1,128 @@
+//! `from_url` and `PublisherConfig` pick the right backend or say exactly what is missing.
+
+use publisher::{ErrorKind, Event, Publisher, PublisherConfig};
+
+#[tokio::test]
+async fn memory_and_console_urls_build_working_publishers() {
+    let p = publisher::from_url("memory://").await.unwrap();
+    assert_eq!(p.backend(), "memory");
+    p.publish(Event::text("t", "x")).await.unwrap();
+    p.close().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.jsonl");
+    let p = publisher::from_url_arc(&format!("console://{}?format=json", path.display()))
+        .await
+        .unwrap();
+    assert_eq!(p.backend(), "console");
+    let event = Event::text("t", "hello");
+    p.publish(event.clone()).await.unwrap();
+    p.close().await.unwrap();
+    let written = std::fs::read(&path).unwrap();
+    let back = publisher::envelope::Envelope::parse(&written)
+        .unwrap()
+        .into_event()
+        .unwrap();
+    assert_eq!(back.id(), event.id());
+}
+
+#[tokio::test]
+async fn unknown_scheme_lists_the_enabled_ones() {
+    let err = publisher::from_url("nats://localhost:4222")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert_eq!(err.field(), Some("url"));
+    assert!(err.message().contains("unknown scheme `nats://`"), "{err}");
+    assert!(err.message().contains("memory://"), "{err}");
+    let err = publisher::from_url("just words").await.unwrap_err();
+    assert_eq!(err.field(), Some("url"));
+}
+
+#[tokio::test]
+async fn compiled_out_backend_names_its_feature() {
+    let err = publisher::from_url("kafka://localhost:9092")
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("feature `kafka`"), "{err}");
+    #[cfg(not(feature = "redis"))]
+    {
+        let err = publisher::from_url("redis://localhost").await.unwrap_err();
+        assert!(err.message().contains("feature `redis`"), "{err}");
+    }
+    #[cfg(not(feature = "amqp"))]
+    {
+        let err = publisher::from_url("amqp://localhost").await.unwrap_err();
+        assert!(err.message().contains("feature `amqp`"), "{err}");
+    }
+    #[cfg(not(feature = "redis-tls"))]
+    {
+        let err = publisher::from_url("rediss://localhost").await.unwrap_err();
+        assert!(err.message().contains("feature `redis-tls`"), "{err}");
+    }
+}
+
+#[test]
+fn config_from_toml_and_environment() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "publisher.toml",
+            r#"
+                [console]
+                target = "stderr"
+                format = "json"
+                timeouts = { publish = "2s" }
+            "#,
+        )?;
+        let cfg = PublisherConfig::load("publisher.toml").unwrap();
+        let PublisherConfig::Console(c) = &cfg else {
+            panic!("{cfg:?}")
+        };
+        assert_eq!(c.timeouts.publish, std::time::Duration::from_secs(2));
+
+        jail.clear_env();
+        jail.set_env("PUBLISHER__URL", "memory://");
+        assert_eq!(
+            PublisherConfig::from_env().unwrap(),
+            PublisherConfig::Url("memory://".into())
+        );
+        Ok(())
+    });
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn redis_config_from_environment_with_nested_pool() {
+    figment::Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.set_env("PUBLISHER__REDIS__URL", "redis://cache:6379");
+        jail.set_env("PUBLISHER__REDIS__POOL__MAX_SIZE", "8");
+        jail.set_env("PUBLISHER__REDIS__TIMEOUTS__PUBLISH", "3s");
+        let cfg = PublisherConfig::from_env().unwrap();
+        let PublisherConfig::Redis(r) = cfg else {
+            panic!("{cfg:?}")
+        };
+        assert_eq!(r.url, "redis://cache:6379");
+        assert_eq!(r.pool.max_size, 8);
+        assert_eq!(r.timeouts.publish, std::time::Duration::from_secs(3));
+        Ok(())
+    });
+}
+
+#[test]
+fn bad_config_names_the_field() {
+    let err =
+        PublisherConfig::from_toml("[console]\ntimeouts = { publish = \"soon\" }").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.field().unwrap().contains("timeouts"), "{err:?}");
+    let err = PublisherConfig::from_toml("").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+}
+
+#[tokio::test]
+async fn config_builds_the_backend_it_describes() {
+    let cfg = PublisherConfig::from_toml("[memory]").unwrap();
+    let p = cfg.build().await.unwrap();
+    assert_eq!(p.backend(), "memory");
+    p.close().await.unwrap();
+}
