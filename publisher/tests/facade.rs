@@ -1,4 +1,5 @@
 //! `from_url` and `PublisherConfig` pick the right backend or say exactly what is missing.
+#![allow(clippy::result_large_err)] // figment::Jail closures return figment::Error
 
 use publisher::{ErrorKind, Event, Publisher, PublisherConfig};
 
