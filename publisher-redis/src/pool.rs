@@ -11,6 +11,9 @@ use redis::{AsyncConnectionConfig, Client, RedisError};
 
 use crate::error::from_pool;
 
+/// Pooled connections idle for longer than this are checked with a PING before reuse.
+const VERIFY_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Opens and checks redis-rs multiplexed connections with our connect and response timeouts.
 pub struct RedisManager {
     client: Client,
@@ -48,9 +51,15 @@ impl managed::Manager for RedisManager {
     async fn recycle(
         &self,
         conn: &mut MultiplexedConnection,
-        _: &Metrics,
+        metrics: &Metrics,
     ) -> RecycleResult<RedisError> {
-        // A connection broken by a Redis restart fails this PING and is replaced.
+        // A connection that was in use a moment ago is handed out again without a round trip
+        // (publishers discard a connection that failed at the connection level, see
+        // `Conn::discard`); one idle for longer is checked with a PING, so connections broken
+        // while idle (a Redis restart) are replaced before anyone publishes on them.
+        if metrics.last_used() < VERIFY_IDLE_AFTER {
+            return Ok(());
+        }
         let n = self.pings.fetch_add(1, Ordering::Relaxed).to_string();
         let echoed: String = redis::cmd("PING").arg(&n).query_async(conn).await?;
         if echoed == n {
@@ -94,6 +103,14 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
+    /// Takes a connection that failed at the connection level out of the pool for good.
+    pub(crate) fn discard(self) {
+        match self {
+            Conn::Owned(o) => drop(managed::Object::take(o)),
+            Conn::Lent(c) => drop(deadpool_redis::Connection::take(c)),
+        }
+    }
+
     pub(crate) fn get(&mut self) -> &mut MultiplexedConnection {
         match self {
             Conn::Owned(o) => o.deref_mut(),

@@ -250,6 +250,9 @@ impl Inner {
         let cmd = self.command(event);
         let mut conn = self.source.get(&self.config.pool).await?;
         let reply = cmd.query_async::<redis::Value>(conn.get()).await;
+        if reply.as_ref().is_err_and(broken) {
+            conn.discard();
+        }
         self.receipt(event, reply)
     }
 
@@ -264,10 +267,13 @@ impl Inner {
         }
         let mut replies = if checks.iter().any(Result::is_ok) {
             let mut conn = self.source.get(&self.config.pool).await?;
-            pipe.query_async::<Vec<RedisResult<redis::Value>>>(conn.get())
-                .await
-                .map_err(from_redis)?
-                .into_iter()
+            let replies = pipe
+                .query_async::<Vec<RedisResult<redis::Value>>>(conn.get())
+                .await;
+            if replies.as_ref().is_err_and(broken) {
+                conn.discard();
+            }
+            replies.map_err(from_redis)?.into_iter()
         } else {
             Vec::new().into_iter()
         };
@@ -291,10 +297,11 @@ impl Inner {
         let started = Instant::now();
         let check = async {
             let mut conn = self.source.get(&self.config.pool).await?;
-            redis::cmd("PING")
-                .query_async::<String>(conn.get())
-                .await
-                .map_err(from_redis)
+            let pong = redis::cmd("PING").query_async::<String>(conn.get()).await;
+            if pong.as_ref().is_err_and(broken) {
+                conn.discard();
+            }
+            pong.map_err(from_redis)
         };
         match tokio::time::timeout(self.config.timeouts.health, check).await {
             Ok(Ok(pong)) => Health::healthy(BACKEND, Some(started.elapsed()), pong),
@@ -327,6 +334,11 @@ impl Inner {
             *last = Some(health);
         }
     }
+}
+
+/// Whether an error means the connection itself is unusable (not just this command).
+fn broken(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }
 
 #[async_trait]
