@@ -1,0 +1,86 @@
+//! Mapping rdkafka errors onto [`publisher_core::Error`].
+
+use publisher_core::{Error, ErrorKind};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+
+use crate::BACKEND;
+
+pub(crate) fn from_kafka(e: KafkaError, limit_bytes: usize) -> Error {
+    let code = e.rdkafka_error_code();
+    let (kind, msg, retryable) = match (&e, code) {
+        (KafkaError::ClientCreation(msg), _) => {
+            return Error::config(
+                BACKEND,
+                "properties",
+                format!("librdkafka refused the configuration: {msg}"),
+            );
+        }
+        (_, Some(Code::QueueFull)) => (
+            ErrorKind::Unavailable,
+            "the producer's local queue stayed full for the whole publish timeout".to_owned(),
+            true,
+        ),
+        (_, Some(Code::MessageTimedOut)) => (
+            ErrorKind::Timeout,
+            "no broker acknowledged the record within message_timeout".to_owned(),
+            true,
+        ),
+        (_, Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize)) => {
+            return Error::invalid_event(
+                BACKEND,
+                "payload",
+                format!("the record exceeds message.max.bytes ({limit_bytes})"),
+            )
+            .with_source(e);
+        }
+        (_, Some(Code::PurgeQueue | Code::PurgeInflight)) => (
+            ErrorKind::Closed,
+            "the record was purged at close before the broker acknowledged it".to_owned(),
+            false,
+        ),
+        (
+            _,
+            Some(
+                Code::AllBrokersDown
+                | Code::BrokerTransportFailure
+                | Code::Resolve
+                | Code::NetworkException
+                | Code::BrokerNotAvailable,
+            ),
+        ) => (
+            ErrorKind::Connect,
+            "the Kafka brokers cannot be reached".to_owned(),
+            true,
+        ),
+        (_, Some(Code::InvalidConfig)) => (
+            ErrorKind::Config,
+            "librdkafka refused the configuration".to_owned(),
+            false,
+        ),
+        (_, Some(c)) => {
+            let retryable = matches!(
+                c,
+                Code::LeaderNotAvailable
+                    | Code::NotLeaderForPartition
+                    | Code::RequestTimedOut
+                    | Code::NotEnoughReplicas
+                    | Code::NotEnoughReplicasAfterAppend
+                    | Code::OperationTimedOut
+            );
+            let kind = if retryable {
+                ErrorKind::Unavailable
+            } else {
+                ErrorKind::Rejected
+            };
+            (
+                kind,
+                format!("the broker refused the record ({c:?})"),
+                retryable,
+            )
+        }
+        (_, None) => (ErrorKind::Other, "Kafka client error".to_owned(), false),
+    };
+    Error::new(kind, BACKEND, msg)
+        .with_retryable(retryable)
+        .with_source(e)
+}

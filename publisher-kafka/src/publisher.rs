@@ -1,0 +1,340 @@
+//! [`KafkaPublisher`].
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use publisher_core::{
+    BatchOutcome, CloseReport, Error, ErrorKind, Event, Health, Lifecycle, Position, Publisher,
+    Receipt, Result,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::util::Timeout;
+
+use crate::BACKEND;
+use crate::config::KafkaConfig;
+use crate::error::from_kafka;
+use crate::mapping::{headers, validate};
+
+/// Publishes to Kafka through one shared rdkafka `FutureProducer`.
+///
+/// `publish` returns Ok only when the delivery report says the broker acknowledged the record
+/// (with `acks=all`, the default, every in-sync replica): the receipt carries partition and
+/// offset. With idempotence (the default) producer retries neither duplicate nor reorder
+/// records, so events with the same key arrive in publish order.
+pub struct KafkaPublisher {
+    inner: Arc<Inner>,
+    lifecycle: Lifecycle,
+}
+
+impl std::fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPublisher")
+            .field("config", &self.inner.config)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+struct Inner {
+    config: KafkaConfig,
+    /// Taken at close, so that librdkafka's threads and connections end with the close, not
+    /// with the last reference to the publisher.
+    producer: Mutex<Option<FutureProducer>>,
+}
+
+/// Builds a [`KafkaPublisher`]. Setters never fail; [`KafkaPublisherBuilder::build`] validates
+/// everything at once.
+#[derive(Debug, Default)]
+pub struct KafkaPublisherBuilder {
+    config: KafkaConfig,
+}
+
+impl KafkaPublisherBuilder {
+    /// Starts from `config`.
+    pub fn config(mut self, config: KafkaConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The bootstrap brokers, `host:port[,host:port…]`.
+    pub fn brokers(mut self, brokers: impl Into<String>) -> Self {
+        self.config.brokers = brokers.into();
+        self
+    }
+
+    /// Sets a librdkafka property.
+    pub fn property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.properties.insert(name.into(), value.into());
+        self
+    }
+
+    /// The timeouts.
+    pub fn timeouts(mut self, timeouts: publisher_core::Timeouts) -> Self {
+        self.config.timeouts = timeouts;
+        self
+    }
+
+    /// Validates and creates the producer (no network round trip yet: call
+    /// [`Publisher::health`] to check the brokers are reachable).
+    ///
+    /// # Errors
+    /// `Config` naming the field at fault, including librdkafka's refusal of an unknown or
+    /// invalid property.
+    pub fn build(self) -> Result<KafkaPublisher> {
+        let config = self.config;
+        config.validate()?;
+        let producer: FutureProducer = config
+            .client_config()
+            .create()
+            .map_err(|e| from_kafka(e, config.max_message_bytes))?;
+        let lifecycle = Lifecycle::new(BACKEND, config.timeouts.close);
+        Ok(KafkaPublisher {
+            inner: Arc::new(Inner {
+                config,
+                producer: Mutex::new(Some(producer)),
+            }),
+            lifecycle,
+        })
+    }
+}
+
+impl KafkaPublisher {
+    /// A builder with [`KafkaConfig::default`].
+    pub fn builder() -> KafkaPublisherBuilder {
+        KafkaPublisherBuilder::default()
+    }
+
+    /// Builds from a `kafka://` URL (see [`KafkaConfig::from_url`]).
+    ///
+    /// # Errors
+    /// As [`KafkaPublisherBuilder::build`].
+    pub fn from_url(url: &str) -> Result<Self> {
+        Self::builder().config(KafkaConfig::from_url(url)?).build()
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.inner.config
+    }
+}
+
+fn delivered(
+    event_id: &Event,
+    r: rdkafka::producer::future_producer::OwnedDeliveryResult,
+    max: usize,
+) -> Result<Receipt> {
+    match r {
+        Ok(d) => Ok(Receipt::new(
+            event_id,
+            Position::Partition {
+                partition: d.partition,
+                offset: d.offset,
+            },
+        )),
+        Err((e, _)) => Err(from_kafka(e, max)),
+    }
+}
+
+impl Inner {
+    fn producer(&self) -> Result<FutureProducer> {
+        self.producer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| Error::closed(BACKEND))
+    }
+
+    fn max(&self) -> usize {
+        self.config.max_message_bytes
+    }
+
+    async fn publish(&self, event: &Event) -> Result<Receipt> {
+        validate(event, self.max())?;
+        let producer = self.producer()?;
+        let id = event.id().hyphenated().to_string();
+        let mut record = FutureRecord::to(event.topic())
+            .payload(event.payload().as_ref())
+            .headers(headers(event, &id))
+            .timestamp(event.timestamp_millis());
+        if let Some(key) = event.key() {
+            record = record.key(key);
+        }
+        let r = producer
+            .send(record, Timeout::After(self.config.timeouts.publish))
+            .await;
+        delivered(event, r, self.max())
+    }
+
+    /// Enqueues one record, waiting (bounded by `deadline`) while the local queue is full.
+    async fn enqueue(
+        &self,
+        producer: &FutureProducer,
+        event: &Event,
+        deadline: Instant,
+    ) -> Result<DeliveryFuture> {
+        validate(event, self.max())?;
+        let id = event.id().hyphenated().to_string();
+        let mut record = FutureRecord::to(event.topic())
+            .payload(event.payload().as_ref())
+            .headers(headers(event, &id))
+            .timestamp(event.timestamp_millis());
+        if let Some(key) = event.key() {
+            record = record.key(key);
+        }
+        loop {
+            match producer.send_result(record) {
+                Ok(f) => return Ok(f),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if Instant::now() < deadline =>
+                {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(from_kafka(e, self.max())),
+            }
+        }
+    }
+
+    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+        let producer = self.producer()?;
+        let deadline = Instant::now() + self.config.timeouts.publish;
+        let mut pending = Vec::with_capacity(events.len());
+        for event in events {
+            pending.push(self.enqueue(&producer, event, deadline).await);
+        }
+        let reports = pending
+            .into_iter()
+            .zip(events)
+            .map(|(p, event)| async move {
+                let future = p?;
+                match future.await {
+                    Ok(r) => delivered(event, r, self.max()),
+                    Err(_) => Err(Error::new(
+                        ErrorKind::Closed,
+                        BACKEND,
+                        "the producer was closed before the delivery report arrived",
+                    )),
+                }
+            });
+        Ok(futures::future::join_all(reports).await)
+    }
+
+    async fn health(&self) -> Health {
+        let producer = match self.producer() {
+            Ok(p) => p,
+            Err(_) => return Health::closed(BACKEND),
+        };
+        let timeout = self.config.timeouts.health;
+        let started = Instant::now();
+        let fetch = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Timeout::After(timeout))
+                .map(|m| m.brokers().len())
+        });
+        match tokio::time::timeout(timeout + Duration::from_millis(200), fetch).await {
+            Ok(Ok(Ok(brokers))) => Health::healthy(
+                BACKEND,
+                Some(started.elapsed()),
+                format!("{brokers} broker(s)"),
+            ),
+            Ok(Ok(Err(e))) => Health::unhealthy(BACKEND, format!("metadata request failed: {e}")),
+            Ok(Err(e)) => Health::unhealthy(BACKEND, format!("health task failed: {e}")),
+            Err(_) => Health::unhealthy(
+                BACKEND,
+                format!("no metadata within the health timeout ({timeout:?})"),
+            ),
+        }
+    }
+
+    /// Flushes until `limit`, purges what is left (counting it), and drops the producer, which
+    /// ends librdkafka's threads and broker connections.
+    async fn teardown(&self, limit: Duration, already_counted: usize) -> Result<usize> {
+        let Some(producer) = self
+            .producer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return Ok(0);
+        };
+        let left = tokio::task::spawn_blocking(move || {
+            let flushed = producer.flush(Timeout::After(limit));
+            let left = producer.in_flight_count().max(0) as usize;
+            if flushed.is_err() || left > 0 {
+                tracing::warn!(
+                    backend = BACKEND,
+                    left,
+                    "flush did not finish by the close deadline; purging the rest"
+                );
+                producer.purge(PurgeConfig::default().queue().inflight());
+                let _ = producer.flush(Timeout::After(Duration::from_millis(100)));
+            }
+            drop(producer);
+            left
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Other, BACKEND, "close task failed").with_source(e))?;
+        Ok(left.saturating_sub(already_counted))
+    }
+}
+
+#[async_trait]
+impl Publisher for KafkaPublisher {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn publish(&self, event: Event) -> Result<Receipt> {
+        self.lifecycle
+            .run(
+                self.inner.config.timeouts.publish,
+                "kafka delivery report",
+                self.inner.publish(&event),
+            )
+            .await
+    }
+
+    async fn publish_batch(&self, events: Vec<Event>) -> BatchOutcome {
+        let run = self
+            .lifecycle
+            .run(
+                self.inner.config.timeouts.publish,
+                "kafka batch delivery reports",
+                self.inner.publish_batch(&events),
+            )
+            .await;
+        match run {
+            Ok(results) => BatchOutcome::new(results),
+            Err(e) => BatchOutcome::new(
+                events
+                    .iter()
+                    .map(|ev| validate(ev, self.inner.max()).and(Err(e.clone())))
+                    .collect(),
+            ),
+        }
+    }
+
+    async fn health(&self) -> Health {
+        if self.is_closed() {
+            return Health::closed(BACKEND);
+        }
+        self.inner.health().await
+    }
+
+    async fn close(&self) -> Result<CloseReport> {
+        let inner = self.inner.clone();
+        self.lifecycle
+            .close(move |td| async move {
+                let limit = td.remaining().max(Duration::from_millis(100));
+                inner.teardown(limit, td.abandoned_in_flight).await
+            })
+            .await
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lifecycle.is_closed()
+    }
+}
