@@ -113,8 +113,8 @@ pub struct KafkaConfig {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// `message.timeout.ms`: librdkafka gives up on a record after this and reports a delivery
-    /// error. Must be below `timeouts.publish` (librdkafka's default of 5 minutes would hide a
-    /// dead broker). Default: 8 s.
+    /// error. Must be at least 1 s below `timeouts.publish` (librdkafka's default of 5 minutes
+    /// would hide a dead broker). Default: 8 s.
     #[serde(with = "humantime_serde")]
     pub message_timeout: Duration,
     /// `message.max.bytes`: larger events are refused locally, naming the limit.
@@ -210,6 +210,9 @@ fn number(field: &'static str, v: &str) -> Result<usize> {
     v.parse()
         .map_err(|_| bad(field, format!("`{v}` is not a number")))
 }
+
+/// librdkafka scans for timed-out messages about once a second.
+const MESSAGE_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 
 /// Properties this config sets itself; setting them through `properties` would be ambiguous.
 const OWNED: &[(&str, &str)] = &[
@@ -311,12 +314,13 @@ impl KafkaConfig {
                 "0 means wait forever in librdkafka: a dead broker would hang every publish",
             ));
         }
-        if self.message_timeout >= self.timeouts.publish {
+        if self.message_timeout + MESSAGE_TIMEOUT_MARGIN > self.timeouts.publish {
             return Err(bad(
                 "message_timeout",
                 format!(
-                    "must be below timeouts.publish ({:?}), got {:?}: otherwise the publish \
-                     timeout fires before librdkafka reports the failure",
+                    "must be at least 1 s below timeouts.publish ({:?}), got {:?}: librdkafka \
+                     checks message timeouts about once a second, and the publish timeout must \
+                     not fire before it reports the failure",
                     self.timeouts.publish, self.message_timeout
                 ),
             ));
@@ -367,7 +371,10 @@ impl KafkaConfig {
             .set(
                 "socket.connection.setup.timeout.ms",
                 self.timeouts.connect.as_millis().max(1000).to_string(),
-            );
+            )
+            // librdkafka backs off up to 10 s between reconnects; a publisher should notice a
+            // broker that came back sooner. `properties` can override it.
+            .set("reconnect.backoff.max.ms", "1000");
         if let Some(n) = self.batch_size {
             c.set("batch.size", n.to_string());
         }
@@ -415,6 +422,7 @@ mod tests {
         check("kafka://h:9092?acks=0", "acks");
         check("kafka://h:9092?message_timeout_ms=0", "message_timeout");
         check("kafka://h:9092?message_timeout_ms=60000", "message_timeout");
+        check("kafka://h:9092?message_timeout_ms=9500", "message_timeout");
         check("kafka://h:9092?acks=most", "acks");
         check("kafka://h:9092?compression=brotli", "compression");
         check("kafka://?acks=all", "brokers");

@@ -1,0 +1,170 @@
+//! Faults the real broker cannot be told to make, on librdkafka's in-process mock cluster:
+//! a broker going down and up mid-stream, and injected retriable produce errors.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use publisher_core::{ErrorKind, Event, Publisher, Timeouts};
+use publisher_kafka::{KafkaConfig, KafkaPublisher};
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use support::consume;
+
+fn mock_config(brokers: &str) -> KafkaConfig {
+    KafkaConfig {
+        brokers: brokers.to_owned(),
+        message_timeout: Duration::from_millis(2000),
+        timeouts: Timeouts::default()
+            .with_publish(Duration::from_secs(4))
+            .with_close(Duration::from_secs(5)),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_then_up_fails_typed_within_the_timeout_then_recovers() {
+    let cluster = MockCluster::new(1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    cluster.create_topic("faults", 1, 1).unwrap();
+    let publisher = Arc::new(
+        KafkaPublisher::builder()
+            .config(mock_config(&bootstrap))
+            .build()
+            .unwrap(),
+    );
+    // The mock cluster takes a moment to serve the idempotent producer's first request.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while publisher
+        .publish(Event::text("faults", "warm-up"))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "mock cluster never accepted a record"
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (p, s) = (publisher.clone(), stop.clone());
+    let publishing = tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        let mut i = 0;
+        while !s.load(Ordering::SeqCst) {
+            let e = Event::text("faults", format!("{i}")).with_key("k");
+            let id = e.id();
+            let started = Instant::now();
+            let r = p.publish(e).await;
+            outcomes.push((id, started.elapsed(), r));
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        outcomes
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.broker_up(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.store(true, Ordering::SeqCst);
+    let outcomes = publishing.await.unwrap();
+
+    let first_err = outcomes
+        .iter()
+        .position(|(_, _, r)| r.is_err())
+        .expect("publishes must fail while the broker is down");
+    assert!(first_err > 0);
+    let last_err = outcomes.iter().rposition(|(_, _, r)| r.is_err()).unwrap();
+    assert!(
+        outcomes[last_err + 1..].len() > 10,
+        "publishes must succeed again after the broker is back"
+    );
+    for (_, elapsed, r) in &outcomes {
+        if let Err(e) = r {
+            assert!(
+                matches!(
+                    e.kind(),
+                    ErrorKind::Timeout | ErrorKind::Connect | ErrorKind::Unavailable
+                ),
+                "untyped failure: {e:?}"
+            );
+            assert!(e.is_retryable(), "{e}");
+            // Bounded by the 4 s publish timeout (plus scheduling slack).
+            assert!(*elapsed < Duration::from_millis(4500), "took {elapsed:?}");
+        }
+    }
+    let ok: Vec<_> = outcomes
+        .iter()
+        .filter(|(_, _, r)| r.is_ok())
+        .map(|(id, _, _)| *id)
+        .collect();
+    let read: HashSet<_> = consume(&bootstrap, "faults", ok.len(), Duration::from_secs(20))
+        .await
+        .iter()
+        .map(|e| e.id())
+        .collect();
+    for id in &ok {
+        assert!(read.contains(id), "acknowledged event {id} lost");
+    }
+    publisher.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retriable_produce_errors_are_retried_without_duplicates_or_gaps() {
+    let cluster = MockCluster::new(1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    cluster.create_topic("retries", 1, 1).unwrap();
+    let mut cfg = mock_config(&bootstrap);
+    cfg.message_timeout = Duration::from_secs(8);
+    cfg.timeouts = cfg.timeouts.with_publish(Duration::from_secs(10));
+    let publisher = KafkaPublisher::builder().config(cfg).build().unwrap();
+    // The first produce requests fail with a retriable error; the idempotent producer retries.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 5],
+    );
+    let events: Vec<Event> = (0..200)
+        .map(|i| Event::text("retries", i.to_string()).with_key("same-key"))
+        .collect();
+    let outcome = publisher.publish_batch(events).await;
+    assert!(outcome.is_all_ok(), "{:?}", outcome.errors().next());
+    let read = consume(&bootstrap, "retries", 200, Duration::from_secs(20)).await;
+    let payloads: Vec<i64> = read
+        .iter()
+        .map(|e| std::str::from_utf8(e.payload()).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        payloads,
+        (0..200).collect::<Vec<_>>(),
+        "duplicates, gaps or reordering"
+    );
+    publisher.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn unreachable_broker_health_is_unhealthy_and_bounded() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = mock_config(&format!("127.0.0.1:{port}"));
+    cfg.timeouts = cfg.timeouts.with_health(Duration::from_millis(500));
+    let publisher = KafkaPublisher::builder().config(cfg).build().unwrap();
+    let started = Instant::now();
+    let health = publisher.health().await;
+    assert!(!health.is_healthy(), "{health}");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    let started = Instant::now();
+    let err = publisher.publish(Event::text("t", "x")).await.unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Connect),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(4500));
+    let report = publisher.close().await.unwrap();
+    assert_eq!(report.abandoned, 0);
+}
