@@ -42,15 +42,17 @@ pub async fn run(publisher: Box<dyn Publisher>, args: BenchArgs) -> i32 {
     let payload = publisher::Bytes::from(vec![b'x'; args.size]);
     let next = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::OnceLock::<String>::new());
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..args.concurrency {
-        let (p, next, failed, payload, topic) = (
+        let (p, next, failed, payload, topic, first_error) = (
             publisher.clone(),
             next.clone(),
             failed.clone(),
             payload.clone(),
             args.topic.clone(),
+            first_error.clone(),
         );
         let (count, batch) = (args.count, u64::from(args.batch));
         tasks.spawn(async move {
@@ -75,6 +77,9 @@ pub async fn run(publisher: Box<dyn Publisher>, args: BenchArgs) -> i32 {
                         .collect();
                     let outcome = p.publish_batch(events).await;
                     failed.fetch_add(outcome.failed() as u64, Ordering::Relaxed);
+                    if let Some((_, e)) = outcome.errors().next() {
+                        first_error.get_or_init(|| e.to_string());
+                    }
                 }
                 latencies.push(t.elapsed());
             }
@@ -135,6 +140,9 @@ pub async fn run(publisher: Box<dyn Publisher>, args: BenchArgs) -> i32 {
             format!("{p99:.1?}"),
             failed
         );
+    }
+    if let Some(e) = first_error.get() {
+        eprintln!("first error: {e}");
     }
     if let Err(e) = close {
         eprintln!("close failed: {e}");

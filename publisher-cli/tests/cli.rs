@@ -104,7 +104,7 @@ fn missing_topic_unreadable_file_unknown_scheme_and_disabled_feature_are_one_lin
 
     for (url, needle) in [
         ("nats://localhost", "unknown scheme `nats://`"),
-        ("kafka://localhost:9092", "feature `kafka`"),
+        ("redis://localhost?mode=carrier-pigeon", "unknown mode"),
     ] {
         let out = evpub(&["--url", url, "send"], "");
         assert_eq!(out.status.code(), Some(2), "{url}");

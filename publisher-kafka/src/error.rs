@@ -8,6 +8,14 @@ use crate::BACKEND;
 pub(crate) fn from_kafka(e: KafkaError, limit_bytes: usize) -> Error {
     let code = e.rdkafka_error_code();
     let (kind, msg, retryable) = match (&e, code) {
+        (KafkaError::ClientConfig(_, desc, key, _value), _) => {
+            // The value is left out: it may be a password.
+            return Error::config(
+                BACKEND,
+                "properties",
+                format!("librdkafka refused property `{key}`: {desc}"),
+            );
+        }
         (KafkaError::ClientCreation(msg), _) => {
             return Error::config(
                 BACKEND,

@@ -26,6 +26,7 @@ fn enabled(feature: Option<&str>) -> bool {
         Some("redis-tls") => cfg!(feature = "redis-tls"),
         Some("amqp") => cfg!(feature = "amqp"),
         Some("amqp-tls") => cfg!(feature = "amqp-tls"),
+        Some("kafka") => cfg!(feature = "kafka"),
         Some(_) => false,
     }
 }
@@ -47,6 +48,7 @@ pub fn enabled_schemes() -> Vec<&'static str> {
 /// | `memory://` | in-memory | always |
 /// | `redis://`, `rediss://` | Redis | `redis`, `redis-tls` |
 /// | `amqp://`, `amqps://` | RabbitMQ | `amqp`, `amqp-tls` |
+/// | `kafka://host:port[,host:port…]` | Kafka | `kafka` |
 ///
 /// Each backend's URL parameters are documented on its config's `from_url`.
 ///
@@ -123,6 +125,10 @@ async fn build(scheme: &str, url: &str) -> Result<Box<dyn Publisher>> {
             return Ok(Box::new(
                 publisher_amqp::AmqpPublisher::from_url(url).await?,
             ));
+        }
+        #[cfg(feature = "kafka")]
+        "kafka" => {
+            return Ok(Box::new(publisher_kafka::KafkaPublisher::from_url(url)?));
         }
         _ => {}
     }

@@ -20,3 +20,7 @@ pub use publisher_redis as redis;
 /// The RabbitMQ backend (feature `amqp`).
 #[cfg(feature = "amqp")]
 pub use publisher_amqp as amqp;
+
+/// The Kafka backend (feature `kafka`).
+#[cfg(feature = "kafka")]
+pub use publisher_kafka as kafka;

@@ -39,6 +39,9 @@ pub enum PublisherConfig {
     /// The RabbitMQ backend.
     #[cfg(feature = "amqp")]
     Amqp(publisher_amqp::AmqpConfig),
+    /// The Kafka backend.
+    #[cfg(feature = "kafka")]
+    Kafka(publisher_kafka::KafkaConfig),
 }
 
 fn figment_error(e: figment::Error) -> Error {
@@ -120,6 +123,12 @@ impl PublisherConfig {
                     .config(c)
                     .build()
                     .await?,
+            )),
+            #[cfg(feature = "kafka")]
+            PublisherConfig::Kafka(c) => Ok(Box::new(
+                publisher_kafka::KafkaPublisher::builder()
+                    .config(c)
+                    .build()?,
             )),
         }
     }
