@@ -8,6 +8,7 @@ pub mod error;
 pub mod event;
 pub mod guard;
 pub mod health;
+pub mod layers;
 pub mod lifecycle;
 pub mod memory;
 pub mod outcome;

@@ -473,3 +473,49 @@ impl Harness for MemoryHarness {
 
     async fn cleanup(&self, _topic: &str) {}
 }
+
+/// A [`Harness`] over memory publishers wrapped by a layer (or a stack of layers): runs the
+/// whole suite through the wrapper, reading back from the shared [`MemoryStore`].
+pub struct LayerHarness {
+    memory: MemoryHarness,
+    wrap: Box<dyn Fn(MemoryPublisher) -> Box<dyn Publisher> + Send + Sync>,
+}
+
+impl std::fmt::Debug for LayerHarness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerHarness")
+            .field("memory", &self.memory)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LayerHarness {
+    /// Wraps each memory publisher with `wrap`.
+    pub fn new(
+        wrap: impl Fn(MemoryPublisher) -> Box<dyn Publisher> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            memory: MemoryHarness::default(),
+            wrap: Box::new(wrap),
+        }
+    }
+}
+
+#[async_trait]
+impl Harness for LayerHarness {
+    async fn publisher(&self) -> Result<Box<dyn Publisher>> {
+        Ok((self.wrap)(self.memory.memory_publisher()))
+    }
+
+    async fn topic(&self, hint: &str) -> Result<String> {
+        self.memory.topic(hint).await
+    }
+
+    async fn read(&self, topic: &str, n: usize, timeout: Duration) -> Result<Vec<Received>> {
+        self.memory.read(topic, n, timeout).await
+    }
+
+    async fn cleanup(&self, topic: &str) {
+        self.memory.cleanup(topic).await;
+    }
+}
