@@ -106,6 +106,78 @@ pub trait Harness: Send + Sync {
     }
 }
 
+/// The broker-specific half of a [`Harness`]: prepares topics and reads back with the broker's
+/// own client. Pair it with any way of opening publishers in a [`ProbeHarness`], so that the
+/// same probe proves a backend built directly and one built through a facade.
+#[async_trait]
+pub trait Probe: Send + Sync {
+    /// As [`Harness::topic`].
+    async fn topic(&self, hint: &str) -> Result<String>;
+    /// As [`Harness::read`].
+    async fn read(&self, topic: &str, n: usize, timeout: Duration) -> Result<Vec<Received>>;
+    /// As [`Harness::cleanup`].
+    async fn cleanup(&self, topic: &str);
+    /// As [`Harness::capabilities`].
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+}
+
+/// Opens a new publisher for the suite.
+pub type PublisherFactory =
+    Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<Box<dyn Publisher>>> + Send + Sync>;
+
+/// A [`Harness`] made of a [`Probe`] and a function that opens publishers.
+pub struct ProbeHarness<P> {
+    probe: P,
+    factory: PublisherFactory,
+}
+
+impl<P> std::fmt::Debug for ProbeHarness<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeHarness").finish_non_exhaustive()
+    }
+}
+
+impl<P: Probe> ProbeHarness<P> {
+    /// Reads back with `probe`, opens publishers with `open`.
+    pub fn new<F, Fut>(probe: P, open: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Box<dyn Publisher>>> + Send + 'static,
+    {
+        use futures::FutureExt;
+        Self {
+            probe,
+            factory: Box::new(move || open().boxed()),
+        }
+    }
+
+    /// The probe.
+    pub fn probe(&self) -> &P {
+        &self.probe
+    }
+}
+
+#[async_trait]
+impl<P: Probe> Harness for ProbeHarness<P> {
+    async fn publisher(&self) -> Result<Box<dyn Publisher>> {
+        (self.factory)().await
+    }
+    async fn topic(&self, hint: &str) -> Result<String> {
+        self.probe.topic(hint).await
+    }
+    async fn read(&self, topic: &str, n: usize, timeout: Duration) -> Result<Vec<Received>> {
+        self.probe.read(topic, n, timeout).await
+    }
+    async fn cleanup(&self, topic: &str) {
+        self.probe.cleanup(topic).await;
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.probe.capabilities()
+    }
+}
+
 /// A topic name unique to this process and call: `{prefix}.{uuid}` (valid for every backend).
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}.{}", Uuid::now_v7().simple())

@@ -7,6 +7,8 @@ mod error;
 pub mod mapping;
 mod pool;
 mod publisher;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::{Mode, PubsubFormat, REDIS_MAX_BULK, RedisConfig};
 pub use pool::{Pool, RedisManager};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use publisher_core::{ErrorKind, Event, PoolConfig, Publisher, Timeouts};
 use publisher_redis::{Mode, RedisPublisher};
-use support::{RedisServer, client_conn, config, redis_url, xrange};
+use support::{RedisServer, client_conn, config, read_stream, redis_url};
 
 fn tight_timeouts() -> Timeouts {
     Timeouts::default()
@@ -89,7 +89,7 @@ async fn restart_mid_stream_fails_typed_then_recovers_and_keeps_every_acknowledg
     }
 
     let mut conn = client_conn(&server.url()).await;
-    let stored: std::collections::HashSet<_> = xrange(&mut conn, &topic)
+    let stored: std::collections::HashSet<_> = read_stream(&mut conn, &topic)
         .await
         .iter()
         .map(|e| e.id())

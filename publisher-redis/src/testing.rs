@@ -1,0 +1,193 @@
+//! Read-back probes for the conformance suite (feature `testing`): streams with `XRANGE`,
+//! pub/sub with a `SUBSCRIBE` connection opened before publishing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use publisher_core::envelope::Envelope;
+use publisher_core::testing::{Probe, Received, unique_name};
+use publisher_core::{Error, ErrorKind, Event, Result, async_trait};
+
+use crate::BACKEND;
+use crate::mapping::event_from_stream_fields;
+
+fn probe_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::new(ErrorKind::Other, BACKEND, "probe failed").with_source(e)
+}
+
+/// A multiplexed connection for reading back.
+///
+/// # Errors
+/// When Redis cannot be reached.
+pub async fn connect(url: &str) -> Result<redis::aio::MultiplexedConnection> {
+    redis::Client::open(url)
+        .map_err(probe_error)?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(probe_error)
+}
+
+/// Reads a whole stream with `XRANGE key - +` and decodes every entry.
+///
+/// # Errors
+/// When the command fails or an entry does not decode.
+pub async fn xrange(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Result<Vec<Event>> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .map_err(probe_error)?;
+    reply
+        .ids
+        .into_iter()
+        .map(|entry| {
+            let fields: HashMap<String, Vec<u8>> = entry
+                .map
+                .into_iter()
+                .map(|(k, v)| {
+                    Ok((
+                        k,
+                        redis::from_redis_value::<Vec<u8>>(v).map_err(probe_error)?,
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            event_from_stream_fields(key, &fields)
+        })
+        .collect()
+}
+
+/// Reads back streams with `XRANGE`; deletes them at cleanup.
+#[derive(Debug, Clone)]
+pub struct StreamProbe {
+    url: String,
+}
+
+impl StreamProbe {
+    /// A probe on the Redis at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into() }
+    }
+}
+
+#[async_trait]
+impl Probe for StreamProbe {
+    async fn topic(&self, hint: &str) -> Result<String> {
+        Ok(unique_name(&format!("publisher-test.{hint}")))
+    }
+
+    async fn read(&self, topic: &str, n: usize, timeout: Duration) -> Result<Vec<Received>> {
+        let mut conn = connect(&self.url).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let events = xrange(&mut conn, topic).await?;
+            if events.len() >= n || tokio::time::Instant::now() >= deadline {
+                return Ok(events.iter().map(Received::from).collect());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn cleanup(&self, topic: &str) {
+        if let Ok(mut conn) = connect(&self.url).await {
+            let _: redis::RedisResult<()> =
+                redis::cmd("DEL").arg(topic).query_async(&mut conn).await;
+        }
+    }
+}
+
+/// Subscribes to each topic before the suite publishes to it and collects the envelopes in
+/// the background; unsubscribes at cleanup.
+#[derive(Debug)]
+pub struct PubsubProbe {
+    url: String,
+    received: Arc<Mutex<HashMap<String, Vec<Received>>>>,
+    tasks: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+}
+
+impl PubsubProbe {
+    /// A probe on the Redis at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            received: Arc::default(),
+            tasks: Mutex::default(),
+        }
+    }
+}
+
+impl Drop for PubsubProbe {
+    fn drop(&mut self) {
+        for (_, t) in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            t.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl Probe for PubsubProbe {
+    async fn topic(&self, hint: &str) -> Result<String> {
+        let topic = unique_name(&format!("publisher-test.{hint}"));
+        let client = redis::Client::open(self.url.as_str()).map_err(probe_error)?;
+        let mut pubsub = client.get_async_pubsub().await.map_err(probe_error)?;
+        pubsub.subscribe(&topic).await.map_err(probe_error)?;
+        let mut messages = pubsub.into_on_message();
+        let received = self.received.clone();
+        let t = topic.clone();
+        let task = tokio::spawn(async move {
+            while let Some(msg) = messages.next().await {
+                let Ok(event) =
+                    Envelope::parse(msg.get_payload_bytes()).and_then(Envelope::into_event)
+                else {
+                    continue;
+                };
+                received
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(t.clone())
+                    .or_default()
+                    .push(Received::from(&event));
+            }
+        });
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.clone(), task);
+        Ok(topic)
+    }
+
+    async fn read(&self, topic: &str, n: usize, timeout: Duration) -> Result<Vec<Received>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let got = self
+                .received
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(topic)
+                .cloned()
+                .unwrap_or_default();
+            if got.len() >= n || tokio::time::Instant::now() >= deadline {
+                return Ok(got);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn cleanup(&self, topic: &str) {
+        if let Some(task) = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(topic)
+        {
+            task.abort();
+        }
+        self.received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(topic);
+    }
+}
