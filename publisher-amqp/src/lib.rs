@@ -7,6 +7,8 @@ mod config;
 mod error;
 pub mod mapping;
 mod publisher;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use channels::{ChannelManager, ChannelPool};
 pub use config::{AmqpConfig, ExchangeDeclare, ExchangeKind, MAX_SHORT_STRING};

@@ -6,6 +6,8 @@ mod config;
 mod error;
 pub mod mapping;
 mod publisher;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::{Acks, Compression, KafkaConfig};
 pub use publisher::{KafkaPublisher, KafkaPublisherBuilder};

@@ -1,0 +1,172 @@
+//! Read-back probe for the conformance suite (feature `testing`): a queue per topic, declared
+//! before publishing (the default exchange routes to it by name), consumed with `basic.get`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use publisher_core::testing::{Probe, Received, unique_name};
+use publisher_core::{Error, ErrorKind, Event, Result, async_trait};
+use tokio::sync::OnceCell;
+
+use crate::BACKEND;
+use crate::mapping::event_from_delivery;
+
+fn probe_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::new(ErrorKind::Other, BACKEND, "probe failed").with_source(e)
+}
+
+/// A lapin connection and channel for declaring, reading and deleting queues.
+#[derive(Debug)]
+pub struct QueueClient {
+    /// The connection.
+    pub conn: Connection,
+    /// A channel on it.
+    pub channel: Channel,
+}
+
+impl QueueClient {
+    /// Connects to `url`.
+    ///
+    /// # Errors
+    /// When RabbitMQ cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .map_err(probe_error)?;
+        let channel = conn.create_channel().await.map_err(probe_error)?;
+        Ok(Self { conn, channel })
+    }
+
+    /// Declares a (non-exclusive, non-durable) queue with `args`.
+    ///
+    /// # Errors
+    /// When the broker refuses.
+    pub async fn declare_queue(&self, name: &str, args: FieldTable) -> Result<()> {
+        self.channel
+            .queue_declare(name.into(), QueueDeclareOptions::default(), args)
+            .await
+            .map(|_| ())
+            .map_err(probe_error)
+    }
+
+    /// Deletes a queue (ignoring errors: it may be gone).
+    pub async fn delete_queue(&self, name: &str) {
+        let _ = self
+            .channel
+            .queue_delete(name.into(), QueueDeleteOptions::default())
+            .await;
+    }
+
+    /// Takes everything now in `queue` (acknowledged) as events.
+    ///
+    /// # Errors
+    /// When the broker refuses or a message does not decode.
+    pub async fn drain(&self, queue: &str) -> Result<Vec<Event>> {
+        let mut out = Vec::new();
+        while let Some(msg) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .map_err(probe_error)?
+        {
+            let d = &msg.delivery;
+            out.push(event_from_delivery(
+                d.routing_key.as_str(),
+                &d.properties,
+                &d.data,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// Messages ready in `queue`.
+    ///
+    /// # Errors
+    /// When the queue does not exist.
+    pub async fn message_count(&self, queue: &str) -> Result<u32> {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|q| q.message_count())
+            .map_err(probe_error)
+    }
+}
+
+/// Declares a queue per topic and reads it back; publishers must use the default exchange.
+#[derive(Debug)]
+pub struct QueueProbe {
+    url: String,
+    client: OnceCell<QueueClient>,
+    received: Mutex<HashMap<String, Vec<Received>>>,
+}
+
+impl QueueProbe {
+    /// A probe on the RabbitMQ at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            client: OnceCell::new(),
+            received: Mutex::default(),
+        }
+    }
+
+    /// The probe's own client.
+    ///
+    /// # Errors
+    /// When RabbitMQ cannot be reached.
+    pub async fn client(&self) -> Result<&QueueClient> {
+        self.client
+            .get_or_try_init(|| QueueClient::connect(&self.url))
+            .await
+    }
+}
+
+#[async_trait]
+impl Probe for QueueProbe {
+    async fn topic(&self, hint: &str) -> Result<String> {
+        let name = unique_name(&format!("publisher-test.{hint}"));
+        self.client()
+            .await?
+            .declare_queue(&name, FieldTable::default())
+            .await?;
+        Ok(name)
+    }
+
+    async fn read(&self, topic: &str, n: usize, timeout: Duration) -> Result<Vec<Received>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let fresh = self.client().await?.drain(topic).await?;
+            let got = {
+                let mut received = self.received.lock().unwrap_or_else(|p| p.into_inner());
+                let all = received.entry(topic.to_owned()).or_default();
+                all.extend(fresh.iter().map(Received::from));
+                all.clone()
+            };
+            if got.len() >= n || tokio::time::Instant::now() >= deadline {
+                return Ok(got);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn cleanup(&self, topic: &str) {
+        if let Ok(client) = self.client().await {
+            client.delete_queue(topic).await;
+        }
+        self.received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(topic);
+    }
+}
