@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use lapin::types::FieldTable;
 use publisher_amqp::{AmqpConfig, AmqpPublisher};
 use publisher_core::testing::unique_name;
+use publisher_core::testing::{FaultProxy, ProxyMode as Mode};
 use publisher_core::{ErrorKind, Event, PoolConfig, Publisher, Timeouts};
-use support::proxy::{FaultProxy, Mode};
 use support::{Client, amqp_addr, url_via};
 
 async fn publisher_via(proxy: &FaultProxy, publish: Duration) -> AmqpPublisher {

@@ -15,6 +15,8 @@ pub mod outcome;
 pub mod publisher;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "testing")]
+mod testing_proxy;
 
 pub use config::{PoolConfig, Timeouts};
 pub use error::{Error, ErrorKind, Result};

@@ -21,6 +21,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use uuid::Uuid;
 
+pub use crate::testing_proxy::{FaultProxy, Mode as ProxyMode};
+
 use crate::{
     ErrorKind, Event, HealthStatus, MemoryPublisher, MemoryStore, Publisher, Result, Timeouts,
 };

@@ -2,8 +2,6 @@
 //! a queue with lapin, and a TCP fault proxy.
 #![allow(dead_code)]
 
-pub mod proxy;
-
 use std::sync::Arc;
 
 use lapin::types::FieldTable;

@@ -1,5 +1,5 @@
-//! A small TCP fault proxy: pass traffic through, stall it, cut every connection, or refuse
-//! new ones. Listens on 127.0.0.1 only.
+//! [`FaultProxy`]: a small TCP proxy for fault tests: pass traffic through, delay it, stall it,
+//! cut every connection, or refuse new ones. Listens on 127.0.0.1 only.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -9,14 +9,23 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// What the proxy does with traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Forward everything.
     Pass,
+    /// Forward everything after this delay per chunk.
+    Latency(std::time::Duration),
+    /// Hold every byte: peers see live sockets that say nothing.
     Stall,
+    /// Accept new connections and drop them at once (existing ones keep working).
     Refuse,
 }
 
+/// A TCP proxy in front of `upstream` whose behaviour a test switches at will.
+#[derive(Debug)]
 pub struct FaultProxy {
+    /// Where clients connect.
     pub addr: SocketAddr,
     mode: watch::Sender<Mode>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -35,9 +44,19 @@ async fn relay(
             Ok(n) => n,
         };
         // While stalled, hold the bytes: the peer sees a live socket that says nothing.
-        while *mode.borrow_and_update() == Mode::Stall {
-            if mode.changed().await.is_err() {
-                return;
+        loop {
+            let current = *mode.borrow_and_update();
+            match current {
+                Mode::Stall => {
+                    if mode.changed().await.is_err() {
+                        return;
+                    }
+                }
+                Mode::Latency(d) => {
+                    tokio::time::sleep(d).await;
+                    break;
+                }
+                Mode::Pass | Mode::Refuse => break,
             }
         }
         if to.write_all(&buf[..n]).await.is_err() {
@@ -48,9 +67,15 @@ async fn relay(
 }
 
 impl FaultProxy {
+    /// Starts a proxy to `upstream` on a free port of 127.0.0.1.
+    ///
+    /// # Panics
+    /// When no local port can be bound.
     pub async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a local port");
+        let addr = listener.local_addr().expect("local address");
         let (mode, rx) = watch::channel(Mode::Pass);
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let c = conns.clone();
@@ -75,7 +100,7 @@ impl FaultProxy {
                     down.await;
                     up.abort();
                 });
-                c.lock().unwrap().push(handle);
+                c.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
             }
         });
         Self {
@@ -86,13 +111,19 @@ impl FaultProxy {
         }
     }
 
+    /// Switches the behaviour for existing and new connections.
     pub fn set(&self, mode: Mode) {
         self.mode.send_replace(mode);
     }
 
     /// Drops every proxied connection at once, as a network cut or a broker crash would.
     pub fn cut(&self) {
-        for h in self.conns.lock().unwrap().drain(..) {
+        for h in self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             h.abort();
         }
     }
