@@ -22,27 +22,42 @@ fn probe_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
 /// # Errors
 /// When Redis cannot be reached.
 pub async fn connect(url: &str) -> Result<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(30)));
     redis::Client::open(url)
         .map_err(probe_error)?
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .map_err(probe_error)
 }
 
-/// Reads a whole stream with `XRANGE key - +` and decodes every entry.
+/// Reads a whole stream with `XRANGE`, a thousand entries at a time, and decodes every entry.
 ///
 /// # Errors
 /// When the command fails or an entry does not decode.
 pub async fn xrange(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Result<Vec<Event>> {
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(key)
-        .arg("-")
-        .arg("+")
-        .query_async(conn)
-        .await
-        .map_err(probe_error)?;
-    reply
-        .ids
+    let mut entries = Vec::new();
+    let mut start = "-".to_owned();
+    loop {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(key)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .map_err(probe_error)?;
+        let Some(last) = reply.ids.last() else { break };
+        start = format!("({}", last.id);
+        let page = reply.ids.len();
+        entries.extend(reply.ids);
+        if page < 1000 {
+            break;
+        }
+    }
+    entries
         .into_iter()
         .map(|entry| {
             let fields: HashMap<String, Vec<u8>> = entry
