@@ -1,0 +1,271 @@
+//! The raw clients, each used the best idiomatic way under the same delivery guarantee as
+//! ours: redis-rs multiplexed connection (XADD), rdkafka `FutureProducer` awaiting delivery
+//! reports, lapin confirm-mode channel awaiting confirms, `BufWriter` + serde_json for the
+//! console.
+
+use std::io::Write;
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use publisher::Bytes;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+
+use crate::workload::Sink;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// redis-rs: one multiplexed connection, `XADD topic * payload <bytes>`; batches pipelined.
+pub struct RawRedis(pub redis::aio::MultiplexedConnection);
+
+impl RawRedis {
+    /// Connects.
+    pub async fn connect(url: &str) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(err)?;
+        Ok(Self(
+            client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(err)?,
+        ))
+    }
+}
+
+impl Sink for RawRedis {
+    fn one<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let mut conn = self.0.clone();
+            redis::cmd("XADD")
+                .arg(topic)
+                .arg("*")
+                .arg("payload")
+                .arg(payload.as_ref())
+                .query_async::<String>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(err)
+        })
+    }
+
+    fn batch<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Bytes,
+        n: usize,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let mut conn = self.0.clone();
+            let mut pipe = redis::pipe();
+            for _ in 0..n {
+                pipe.cmd("XADD")
+                    .arg(topic)
+                    .arg("*")
+                    .arg("payload")
+                    .arg(payload.as_ref());
+            }
+            pipe.query_async::<Vec<String>>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(err)
+        })
+    }
+}
+
+/// rdkafka: one `FutureProducer` with our defaults (acks=all, idempotence, linger 5 ms).
+pub struct RawKafka(pub FutureProducer);
+
+impl RawKafka {
+    /// Creates the producer.
+    pub fn new(brokers: &str) -> Result<Self, String> {
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "8000")
+            .create()
+            .map(Self)
+            .map_err(err)
+    }
+}
+
+impl Sink for RawKafka {
+    fn one<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let record = FutureRecord::<(), [u8]>::to(topic).payload(payload.as_ref());
+            self.0
+                .send(record, Timeout::After(std::time::Duration::from_secs(10)))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| err(e))
+        })
+    }
+
+    fn batch<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Bytes,
+        n: usize,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let mut pending = Vec::with_capacity(n);
+            for _ in 0..n {
+                let mut record = FutureRecord::<(), [u8]>::to(topic).payload(payload.as_ref());
+                loop {
+                    match self.0.send_result(record) {
+                        Ok(f) => {
+                            pending.push(f);
+                            break;
+                        }
+                        Err((_, back)) => {
+                            record = back;
+                            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+            }
+            for r in futures::future::join_all(pending).await {
+                r.map_err(err)?.map_err(|(e, _)| err(e))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// lapin: one confirm-mode channel, persistent mandatory publishes to the default exchange.
+pub struct RawAmqp {
+    _conn: Connection,
+    channel: Channel,
+}
+
+impl RawAmqp {
+    /// Connects and opens a confirm-mode channel.
+    pub async fn connect(url: &str) -> Result<Self, String> {
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .map_err(err)?;
+        let channel = conn.create_channel().await.map_err(err)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(err)?;
+        Ok(Self {
+            _conn: conn,
+            channel,
+        })
+    }
+
+    async fn send(&self, topic: &str, payload: &[u8]) -> Result<lapin::PublisherConfirm, String> {
+        self.channel
+            .basic_publish(
+                "".into(),
+                topic.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                payload,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .map_err(err)
+    }
+}
+
+fn confirmed(c: Confirmation) -> Result<(), String> {
+    match c {
+        Confirmation::Ack(None) => Ok(()),
+        other => Err(format!("not confirmed: {other:?}")),
+    }
+}
+
+impl Sink for RawAmqp {
+    fn one<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let confirm = self.send(topic, &payload).await?;
+            confirmed(confirm.await.map_err(err)?)
+        })
+    }
+
+    fn batch<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Bytes,
+        n: usize,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let mut pending = Vec::with_capacity(n);
+            for _ in 0..n {
+                pending.push(self.send(topic, &payload).await?);
+            }
+            for c in futures::future::join_all(pending).await {
+                confirmed(c.map_err(err)?)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    topic: &'a str,
+    payload: &'a str,
+}
+
+/// `BufWriter<File>` + serde_json: one JSON line per event; a batch is flushed once.
+pub struct RawConsole(pub Mutex<std::io::BufWriter<std::fs::File>>);
+
+impl RawConsole {
+    /// Opens `path` for appending.
+    pub fn open(path: &str) -> Result<Self, String> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(err)?;
+        Ok(Self(Mutex::new(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            file,
+        ))))
+    }
+
+    fn write(&self, topic: &str, payload: &[u8], n: usize, flush: bool) -> Result<(), String> {
+        let text = std::str::from_utf8(payload).map_err(err)?;
+        let mut w = self.0.lock().map_err(err)?;
+        for _ in 0..n {
+            serde_json::to_writer(
+                &mut *w,
+                &Line {
+                    topic,
+                    payload: text,
+                },
+            )
+            .map_err(err)?;
+            w.write_all(b"\n").map_err(err)?;
+        }
+        if flush {
+            w.flush().map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for RawConsole {
+    fn one<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { self.write(topic, &payload, 1, false) })
+    }
+
+    fn batch<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Bytes,
+        n: usize,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { self.write(topic, &payload, n, true) })
+    }
+}
