@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use publisher_core::config::redact_url as redact;
 use publisher_core::{Error, PoolConfig, Result, Timeouts};
 use serde::{Deserialize, Serialize};
 
@@ -115,22 +116,6 @@ impl Default for AmqpConfig {
             pool: PoolConfig::default(),
             timeouts: Timeouts::default(),
         }
-    }
-}
-
-/// `url` with its password replaced by `***`.
-pub(crate) fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => match url.split_once("://") {
-            Some((scheme, _)) => format!("{scheme}://<unparseable>"),
-            None => "<unparseable>".into(),
-        },
     }
 }
 

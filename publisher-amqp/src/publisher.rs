@@ -335,23 +335,15 @@ impl Publisher for AmqpPublisher {
     }
 
     async fn publish_batch(&self, events: Vec<Event>) -> BatchOutcome {
-        let run = self
-            .lifecycle
-            .run(
+        self.lifecycle
+            .run_batch(
                 self.inner.config.timeouts.publish,
                 "amqp batch publish and confirm",
+                &events,
+                validate,
                 self.inner.publish_batch(&events),
             )
-            .await;
-        match run {
-            Ok(results) => BatchOutcome::new(results),
-            Err(e) => BatchOutcome::new(
-                events
-                    .iter()
-                    .map(|ev| validate(ev).and(Err(e.clone())))
-                    .collect(),
-            ),
-        }
+            .await
     }
 
     async fn health(&self) -> Health {

@@ -163,6 +163,23 @@ impl PoolConfig {
     }
 }
 
+/// `url` with its password replaced by `***`, for `Debug`, `Display` and error messages. A URL
+/// that does not parse shows only its scheme, so no secret can leak through it.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => match url.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://<unparseable>"),
+            None => "<unparseable>".into(),
+        },
+    }
+}
+
 /// Checks one duration is above zero and at most [`MAX_TIMEOUT`]; backends use it for their own
 /// duration fields.
 ///
@@ -190,6 +207,19 @@ pub fn check_timeout(backend: &'static str, field: &'static str, d: Duration) ->
 mod tests {
     use super::*;
     use crate::ErrorKind;
+
+    #[test]
+    fn redaction_hides_passwords_only() {
+        assert_eq!(
+            redact_url("redis://user:s3cret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redact_url("amqp://host/%2f"), "amqp://host/%2f");
+        assert_eq!(
+            redact_url("redis://u:s3cret@bad host"),
+            "redis://<unparseable>"
+        );
+    }
 
     #[test]
     fn defaults_validate() {

@@ -277,6 +277,31 @@ impl Lifecycle {
         }
     }
 
+    /// Runs one batch through the gate like [`Lifecycle::run`]. When the batch as a whole fails
+    /// (refused, timed out, abandoned), each event gets `check`'s error if it has one, so that a
+    /// bad event is still reported as such, and the batch's error otherwise.
+    pub async fn run_batch<Fut>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        events: &[crate::Event],
+        check: impl Fn(&crate::Event) -> Result<()>,
+        fut: Fut,
+    ) -> crate::BatchOutcome
+    where
+        Fut: Future<Output = Result<Vec<Result<crate::Receipt>>>>,
+    {
+        match self.run(timeout, what, fut).await {
+            Ok(results) => crate::BatchOutcome::new(results),
+            Err(e) => crate::BatchOutcome::new(
+                events
+                    .iter()
+                    .map(|ev| check(ev).and(Err(e.clone())))
+                    .collect(),
+            ),
+        }
+    }
+
     /// A token cancelled when closing starts or the publisher is dropped; background tasks
     /// should stop when it fires.
     pub fn shutdown_token(&self) -> CancellationToken {

@@ -298,23 +298,15 @@ impl Publisher for KafkaPublisher {
     }
 
     async fn publish_batch(&self, events: Vec<Event>) -> BatchOutcome {
-        let run = self
-            .lifecycle
-            .run(
+        self.lifecycle
+            .run_batch(
                 self.inner.config.timeouts.publish,
                 "kafka batch delivery reports",
+                &events,
+                |ev| validate(ev, self.inner.max()),
                 self.inner.publish_batch(&events),
             )
-            .await;
-        match run {
-            Ok(results) => BatchOutcome::new(results),
-            Err(e) => BatchOutcome::new(
-                events
-                    .iter()
-                    .map(|ev| validate(ev, self.inner.max()).and(Err(e.clone())))
-                    .collect(),
-            ),
-        }
+            .await
     }
 
     async fn health(&self) -> Health {

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use publisher_core::config::check_timeout;
+use publisher_core::config::{check_timeout, redact_url as redact};
 use publisher_core::{Error, PoolConfig, Result, Timeouts};
 use serde::{Deserialize, Serialize};
 
@@ -83,23 +83,6 @@ impl Default for RedisConfig {
             pool: PoolConfig::default(),
             timeouts: Timeouts::default(),
         }
-    }
-}
-
-/// `url` with its password replaced by `***`.
-pub(crate) fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        // Unparseable: show only the scheme so no secret can leak.
-        Err(_) => match url.split_once("://") {
-            Some((scheme, _)) => format!("{scheme}://<unparseable>"),
-            None => "<unparseable>".into(),
-        },
     }
 }
 

@@ -13,10 +13,11 @@ use publisher_core::{
 use redis::{AsyncConnectionConfig, Client, RedisResult};
 
 use crate::BACKEND;
-use crate::config::{Mode, PubsubFormat, RedisConfig, redact};
+use crate::config::{Mode, PubsubFormat, RedisConfig};
 use crate::error::from_redis;
 use crate::mapping::add_stream_fields;
 use crate::pool::{Pool, RedisManager, Source};
+use publisher_core::config::redact_url as redact;
 
 /// Publishes to Redis streams (`XADD`, the default) or pub/sub channels (`PUBLISH`) through a
 /// bounded connection pool.
@@ -358,26 +359,15 @@ impl Publisher for RedisPublisher {
     }
 
     async fn publish_batch(&self, events: Vec<Event>) -> BatchOutcome {
-        let run = self
-            .lifecycle
-            .run(
+        self.lifecycle
+            .run_batch(
                 self.inner.config.timeouts.publish,
                 "redis batch publish",
+                &events,
+                |ev| self.inner.check(ev),
                 self.inner.publish_batch(&events),
             )
-            .await;
-        match run {
-            Ok(results) => BatchOutcome::new(results),
-            Err(e) => {
-                // Per-event validation errors stay per event even when the batch failed.
-                BatchOutcome::new(
-                    events
-                        .iter()
-                        .map(|ev| self.inner.check(ev).and(Err(e.clone())))
-                        .collect(),
-                )
-            }
-        }
+            .await
     }
 
     async fn health(&self) -> Health {
