@@ -2,7 +2,8 @@
 //! lent in.
 
 use std::ops::DerefMut;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use publisher_core::{PoolConfig, Result};
@@ -38,21 +39,46 @@ impl RedisManager {
     }
 }
 
+/// A pooled multiplexed connection and the flag publishers raise when it failed at the
+/// connection level.
+#[derive(Clone)]
+pub struct PooledConnection {
+    conn: MultiplexedConnection,
+    broken: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for PooledConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledConnection")
+            .field("broken", &self.broken.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
 impl managed::Manager for RedisManager {
-    type Type = MultiplexedConnection;
+    type Type = PooledConnection;
     type Error = RedisError;
 
-    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
-        self.client
+    async fn create(&self) -> Result<PooledConnection, RedisError> {
+        let conn = self
+            .client
             .get_multiplexed_async_connection_with_config(&self.config)
-            .await
+            .await?;
+        Ok(PooledConnection {
+            conn,
+            broken: Arc::default(),
+        })
     }
 
     async fn recycle(
         &self,
-        conn: &mut MultiplexedConnection,
+        pooled: &mut PooledConnection,
         metrics: &Metrics,
     ) -> RecycleResult<RedisError> {
+        if pooled.broken.load(Ordering::Relaxed) {
+            return Err(RecycleError::message("the connection failed; replacing it"));
+        }
+        let conn = &mut pooled.conn;
         // A connection that was in use a moment ago is handed out again without a round trip
         // (publishers discard a connection that failed at the connection level, see
         // `Conn::discard`); one idle for longer is checked with a PING, so connections broken
@@ -97,23 +123,29 @@ impl std::fmt::Debug for Source {
     }
 }
 
+/// A connection to publish on.
+///
+/// Our own pooled connections are multiplexed: the pool slot is returned at once and this clone
+/// carries the command, so many publishes share one connection concurrently (the pool's size
+/// is the number of connections, not a cap on publishes in flight). A lent pool's connection
+/// is held for the command, as its owner may expect.
 pub(crate) enum Conn {
-    Owned(managed::Object<RedisManager>),
+    Shared(PooledConnection),
     Lent(deadpool_redis::Connection),
 }
 
 impl Conn {
-    /// Takes a connection that failed at the connection level out of the pool for good.
+    /// Marks a connection that failed at the connection level, so the pool replaces it.
     pub(crate) fn discard(self) {
         match self {
-            Conn::Owned(o) => drop(managed::Object::take(o)),
+            Conn::Shared(p) => p.broken.store(true, Ordering::Relaxed),
             Conn::Lent(c) => drop(deadpool_redis::Connection::take(c)),
         }
     }
 
     pub(crate) fn get(&mut self) -> &mut MultiplexedConnection {
         match self {
-            Conn::Owned(o) => o.deref_mut(),
+            Conn::Shared(p) => &mut p.conn,
             Conn::Lent(c) => c.deref_mut(),
         }
     }
@@ -128,11 +160,10 @@ impl Source {
             recycle: Some(cfg.recycle_timeout),
         };
         match self {
-            Source::Owned(p) => p
-                .timeout_get(&timeouts)
-                .await
-                .map(Conn::Owned)
-                .map_err(from_pool),
+            Source::Owned(p) => {
+                let slot = p.timeout_get(&timeouts).await.map_err(from_pool)?;
+                Ok(Conn::Shared((*slot).clone()))
+            }
             Source::Lent(p) => p
                 .timeout_get(&timeouts)
                 .await
