@@ -181,6 +181,18 @@ impl Inner {
         }
     }
 
+    /// A confirm-mode channel. The pool slot is returned at once: lapin channels take
+    /// concurrent publishes, so publishes share the pool's channels instead of queueing for
+    /// them (`pool.max_size` is the number of channels, not a cap on publishes in flight).
+    async fn channel(&self) -> Result<lapin::Channel> {
+        let slot = self
+            .pool
+            .timeout_get(&self.pool_timeouts())
+            .await
+            .map_err(from_pool)?;
+        Ok((*slot).clone())
+    }
+
     async fn send(&self, channel: &lapin::Channel, event: &Event) -> Result<PublisherConfirm> {
         let (routing_key, props) = properties(event, self.config.persistent)?;
         channel
@@ -231,11 +243,7 @@ impl Inner {
 
     async fn publish(&self, event: &Event) -> Result<Receipt> {
         validate(event)?;
-        let channel = self
-            .pool
-            .timeout_get(&self.pool_timeouts())
-            .await
-            .map_err(from_pool)?;
+        let channel = self.channel().await?;
         let confirm = self.send(&channel, event).await?;
         let confirmation = confirm.await.map_err(from_lapin)?;
         self.confirmed(event, confirmation)
@@ -249,11 +257,7 @@ impl Inner {
                 .map(|c| c.map(|()| unreachable!()))
                 .collect());
         }
-        let channel = self
-            .pool
-            .timeout_get(&self.pool_timeouts())
-            .await
-            .map_err(from_pool)?;
+        let channel = self.channel().await?;
         let mut sent = Vec::with_capacity(events.len());
         for (event, check) in events.iter().zip(checks) {
             sent.push(match check {
