@@ -2,6 +2,9 @@
 //! ours: redis-rs multiplexed connection (XADD), rdkafka `FutureProducer` awaiting delivery
 //! reports, lapin confirm-mode channel awaiting confirms, `BufWriter` + serde_json for the
 //! console.
+//!
+//! Each raw publish carries what a hand-rolled event publisher would: a UUIDv7 event id and a
+//! timestamp beside the payload, so the comparison measures the abstraction, not extra bytes.
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -11,6 +14,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use publisher::Bytes;
 use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
@@ -18,6 +22,16 @@ use crate::workload::Sink;
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
+}
+
+fn id() -> String {
+    publisher::Uuid::now_v7().hyphenated().to_string()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// redis-rs: one multiplexed connection, `XADD topic * payload <bytes>`; batches pipelined.
@@ -43,6 +57,10 @@ impl Sink for RawRedis {
             redis::cmd("XADD")
                 .arg(topic)
                 .arg("*")
+                .arg("id")
+                .arg(id())
+                .arg("timestamp")
+                .arg(now_ms())
                 .arg("payload")
                 .arg(payload.as_ref())
                 .query_async::<String>(&mut conn)
@@ -65,6 +83,10 @@ impl Sink for RawRedis {
                 pipe.cmd("XADD")
                     .arg(topic)
                     .arg("*")
+                    .arg("id")
+                    .arg(id())
+                    .arg("timestamp")
+                    .arg(now_ms())
                     .arg("payload")
                     .arg(payload.as_ref());
             }
@@ -97,7 +119,14 @@ impl RawKafka {
 impl Sink for RawKafka {
     fn one<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let record = FutureRecord::<(), [u8]>::to(topic).payload(payload.as_ref());
+            let id = id();
+            let record = FutureRecord::<(), [u8]>::to(topic)
+                .payload(payload.as_ref())
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "id",
+                    value: Some(id.as_bytes()),
+                }))
+                .timestamp(now_ms());
             self.0
                 .send(record, Timeout::After(std::time::Duration::from_secs(10)))
                 .await
@@ -114,8 +143,15 @@ impl Sink for RawKafka {
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let mut pending = Vec::with_capacity(n);
-            for _ in 0..n {
-                let mut record = FutureRecord::<(), [u8]>::to(topic).payload(payload.as_ref());
+            let ids: Vec<String> = (0..n).map(|_| id()).collect();
+            for id in &ids {
+                let mut record = FutureRecord::<(), [u8]>::to(topic)
+                    .payload(payload.as_ref())
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: "id",
+                        value: Some(id.as_bytes()),
+                    }))
+                    .timestamp(now_ms());
                 loop {
                     match self.0.send_result(record) {
                         Ok(f) => {
@@ -170,7 +206,10 @@ impl RawAmqp {
                     ..Default::default()
                 },
                 payload,
-                BasicProperties::default().with_delivery_mode(2),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(id().into())
+                    .with_timestamp((now_ms() / 1000) as u64),
             )
             .await
             .map_err(err)
@@ -213,7 +252,9 @@ impl Sink for RawAmqp {
 
 #[derive(serde::Serialize)]
 struct Line<'a> {
+    id: publisher::Uuid,
     topic: &'a str,
+    timestamp: String,
     payload: &'a str,
 }
 
@@ -238,14 +279,14 @@ impl RawConsole {
         let text = std::str::from_utf8(payload).map_err(err)?;
         let mut w = self.0.lock().map_err(err)?;
         for _ in 0..n {
-            serde_json::to_writer(
-                &mut *w,
-                &Line {
-                    topic,
-                    payload: text,
-                },
-            )
-            .map_err(err)?;
+            let line = Line {
+                id: publisher::Uuid::now_v7(),
+                topic,
+                timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now())
+                    .to_string(),
+                payload: text,
+            };
+            serde_json::to_writer(&mut *w, &line).map_err(err)?;
             w.write_all(b"\n").map_err(err)?;
         }
         if flush {
