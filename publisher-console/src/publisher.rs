@@ -11,7 +11,7 @@ use publisher_core::{
     BatchOutcome, CloseReport, Error, ErrorKind, Event, Health, Lifecycle, Position, Publisher,
     Receipt, Result, Timeouts,
 };
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use crate::BACKEND;
@@ -23,7 +23,7 @@ type Sink = Box<dyn AsyncWrite + Send + Unpin>;
 const BUFFER: usize = 64 * 1024;
 
 struct Output {
-    writer: BufWriter<Sink>,
+    writer: Sink,
     /// Set while a write is under way; still set afterwards if it failed or was cancelled, in
     /// which case the output may hold a partial line and refuses further writes.
     poisoned: bool,
@@ -55,6 +55,9 @@ pub struct ConsolePublisher {
     color: bool,
     flush: FlushPolicy,
     timeouts: Timeouts,
+    /// Encoded lines not yet handed to the output. A plain mutex, never held across an await:
+    /// concurrent publishes append without queueing behind a write.
+    pending: Arc<std::sync::Mutex<Vec<u8>>>,
     output: Arc<Mutex<Option<Output>>>,
     seq: AtomicU64,
     lifecycle: Lifecycle,
@@ -185,8 +188,9 @@ impl ConsolePublisherBuilder {
             color,
             flush: cfg.flush,
             timeouts: cfg.timeouts,
+            pending: Arc::new(std::sync::Mutex::new(Vec::with_capacity(BUFFER))),
             output: Arc::new(Mutex::new(Some(Output {
-                writer: BufWriter::with_capacity(BUFFER, sink),
+                writer: sink,
                 poisoned: false,
                 owned,
             }))),
@@ -230,30 +234,63 @@ impl ConsolePublisher {
         }
     }
 
-    async fn write(&self, bytes: &[u8], flush: bool) -> Result<()> {
-        let mut guard = self.output.lock().await;
-        let out = guard.as_mut().ok_or_else(|| Error::closed(BACKEND))?;
-        if out.poisoned {
-            return Err(Error::new(
-                ErrorKind::Unavailable,
-                BACKEND,
-                "an earlier write to the console output failed or stalled; refusing to write more",
-            )
-            .with_retryable(false));
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends encoded lines; returns whether the buffer is due for writing.
+    fn append(&self, encode: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<bool> {
+        let mut pending = self.pending();
+        let before = pending.len();
+        let r = encode(&mut pending);
+        if r.is_err() {
+            // Never leave half an event behind.
+            pending.truncate(before);
         }
-        out.poisoned = true;
-        out.writer.write_all(bytes).await.map_err(io_error)?;
-        if flush {
-            out.writer.flush().await.map_err(io_error)?;
-        }
-        out.poisoned = false;
-        Ok(())
+        r.map(|()| pending.len() >= BUFFER)
+    }
+
+    /// Writes everything pending (in the order it was appended) and flushes if asked.
+    async fn drain(&self, flush: bool) -> Result<()> {
+        drain(&self.output, &self.pending, flush).await
     }
 
     fn receipt(&self, event: &Event) -> Receipt {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         Receipt::new(event, Position::Sequence(seq))
     }
+}
+
+/// Takes the pending lines under the output lock (so whoever writes, writes in append order)
+/// and writes them; flushes if asked.
+async fn drain(
+    output: &Mutex<Option<Output>>,
+    pending: &std::sync::Mutex<Vec<u8>>,
+    flush: bool,
+) -> Result<()> {
+    let mut guard = output.lock().await;
+    let out = guard.as_mut().ok_or_else(|| Error::closed(BACKEND))?;
+    if out.poisoned {
+        return Err(Error::new(
+            ErrorKind::Unavailable,
+            BACKEND,
+            "an earlier write to the console output failed or stalled; refusing to write more",
+        )
+        .with_retryable(false));
+    }
+    let bytes = {
+        let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *p, Vec::with_capacity(BUFFER))
+    };
+    out.poisoned = true;
+    if !bytes.is_empty() {
+        out.writer.write_all(&bytes).await.map_err(io_error)?;
+    }
+    if flush {
+        out.writer.flush().await.map_err(io_error)?;
+    }
+    out.poisoned = false;
+    Ok(())
 }
 
 #[async_trait]
@@ -265,9 +302,11 @@ impl Publisher for ConsolePublisher {
     async fn publish(&self, event: Event) -> Result<Receipt> {
         self.lifecycle
             .run(self.timeouts.publish, "console write", async {
-                let mut line = Vec::with_capacity(256 + event.payload().len());
-                self.encode(&event, &mut line)?;
-                self.write(&line, self.flush == FlushPolicy::Event).await?;
+                let due = self.append(|buf| self.encode(&event, buf))?;
+                let flush = self.flush == FlushPolicy::Event;
+                if flush || due {
+                    self.drain(flush).await?;
+                }
                 Ok(self.receipt(&event))
             })
             .await
@@ -278,11 +317,12 @@ impl Publisher for ConsolePublisher {
         let run = self
             .lifecycle
             .run(self.timeouts.publish, "console batch write", async {
-                let mut buf = Vec::with_capacity(events.len() * 256);
-                let encoded: Vec<Result<()>> =
-                    events.iter().map(|e| self.encode(e, &mut buf)).collect();
-                if !buf.is_empty() {
-                    self.write(&buf, true).await?;
+                let encoded: Vec<Result<()>> = events
+                    .iter()
+                    .map(|e| self.append(|buf| self.encode(e, buf)).map(|_| ()))
+                    .collect();
+                if encoded.iter().any(Result::is_ok) {
+                    self.drain(true).await?;
                 }
                 Ok(events
                     .iter()
@@ -323,22 +363,25 @@ impl Publisher for ConsolePublisher {
     }
 
     async fn close(&self) -> Result<CloseReport> {
-        let output = self.output.clone();
+        let (output, pending) = (self.output.clone(), self.pending.clone());
         self.lifecycle
             .close(move |td| async move {
                 let limit = td.remaining().max(Duration::from_millis(100));
-                let mut guard = tokio::time::timeout(limit, output.lock())
+                let written = tokio::time::timeout(limit, drain(&output, &pending, true))
                     .await
-                    .map_err(|_| Error::timeout(BACKEND, "close: waiting for the output", limit))?;
+                    .map_err(|_| Error::timeout(BACKEND, "close: writing pending lines", limit))?;
+                let mut guard = output.lock().await;
                 if let Some(mut out) = guard.take() {
-                    if !out.poisoned {
-                        out.writer.flush().await.map_err(io_error)?;
-                    }
-                    if out.owned {
+                    if written.is_ok() && out.owned {
                         out.writer.shutdown().await.map_err(io_error)?;
                     }
+                    if out.poisoned || written.is_err() {
+                        // The output is broken: what is still pending cannot be delivered.
+                        let left = pending.lock().unwrap_or_else(|p| p.into_inner());
+                        return Ok(left.iter().filter(|b| **b == b'\n').count());
+                    }
                 }
-                Ok(0)
+                written.map(|()| 0)
             })
             .await
     }

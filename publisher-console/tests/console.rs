@@ -89,8 +89,9 @@ async fn closed_pipe_is_a_typed_error_not_a_panic() {
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(err.message().contains("broken pipe"), "{err}");
     assert!(!err.is_retryable());
-    // The publisher stays usable for close, and close reports cleanly.
-    p.close().await.unwrap();
+    // Close still succeeds, and reports the line it could not deliver.
+    let report = p.close().await.unwrap();
+    assert_eq!(report.abandoned, 1, "{report}");
 }
 
 #[tokio::test]
