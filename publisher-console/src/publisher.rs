@@ -29,6 +29,9 @@ struct Output {
     poisoned: bool,
     /// Shut down at close (a file we opened); stdout, stderr and lent writers are only flushed.
     owned: bool,
+    /// Lines handed to the writer since its last successful flush: if the output breaks,
+    /// these may never have reached it.
+    unflushed: usize,
 }
 
 fn io_error(e: std::io::Error) -> Error {
@@ -193,6 +196,7 @@ impl ConsolePublisherBuilder {
                 writer: sink,
                 poisoned: false,
                 owned,
+                unflushed: 0,
             }))),
             seq: AtomicU64::new(0),
             lifecycle: Lifecycle::new(BACKEND, cfg.timeouts.close),
@@ -283,11 +287,13 @@ async fn drain(
         std::mem::replace(&mut *p, Vec::with_capacity(BUFFER))
     };
     out.poisoned = true;
+    out.unflushed += bytes.iter().filter(|b| **b == b'\n').count();
     if !bytes.is_empty() {
         out.writer.write_all(&bytes).await.map_err(io_error)?;
     }
     if flush {
         out.writer.flush().await.map_err(io_error)?;
+        out.unflushed = 0;
     }
     out.poisoned = false;
     Ok(())
@@ -376,9 +382,10 @@ impl Publisher for ConsolePublisher {
                         out.writer.shutdown().await.map_err(io_error)?;
                     }
                     if out.poisoned || written.is_err() {
-                        // The output is broken: what is still pending cannot be delivered.
+                        // The output is broken: unflushed and pending lines may never have
+                        // reached it.
                         let left = pending.lock().unwrap_or_else(|p| p.into_inner());
-                        return Ok(left.iter().filter(|b| **b == b'\n').count());
+                        return Ok(out.unflushed + left.iter().filter(|b| **b == b'\n').count());
                     }
                 }
                 written.map(|()| 0)
