@@ -32,6 +32,8 @@ struct Output {
     /// Lines handed to the writer since its last successful flush: if the output breaks,
     /// these may never have reached it.
     unflushed: usize,
+    /// The buffer being written; swapped with the pending one.
+    spare: Vec<u8>,
 }
 
 fn io_error(e: std::io::Error) -> Error {
@@ -60,7 +62,7 @@ pub struct ConsolePublisher {
     timeouts: Timeouts,
     /// Encoded lines not yet handed to the output. A plain mutex, never held across an await:
     /// concurrent publishes append without queueing behind a write.
-    pending: Arc<std::sync::Mutex<Vec<u8>>>,
+    pending: Arc<std::sync::Mutex<Pending>>,
     output: Arc<Mutex<Option<Output>>>,
     seq: AtomicU64,
     lifecycle: Lifecycle,
@@ -191,12 +193,16 @@ impl ConsolePublisherBuilder {
             color,
             flush: cfg.flush,
             timeouts: cfg.timeouts,
-            pending: Arc::new(std::sync::Mutex::new(Vec::with_capacity(BUFFER))),
+            pending: Arc::new(std::sync::Mutex::new(Pending {
+                buf: Vec::with_capacity(BUFFER),
+                lines: 0,
+            })),
             output: Arc::new(Mutex::new(Some(Output {
                 writer: sink,
                 poisoned: false,
                 owned,
                 unflushed: 0,
+                spare: Vec::with_capacity(BUFFER),
             }))),
             seq: AtomicU64::new(0),
             lifecycle: Lifecycle::new(BACKEND, cfg.timeouts.close),
@@ -238,20 +244,25 @@ impl ConsolePublisher {
         }
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends encoded lines; returns whether the buffer is due for writing.
+    /// Appends one encoded line; returns whether the buffer is due for writing.
     fn append(&self, encode: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<bool> {
         let mut pending = self.pending();
-        let before = pending.len();
-        let r = encode(&mut pending);
-        if r.is_err() {
-            // Never leave half an event behind.
-            pending.truncate(before);
+        let before = pending.buf.len();
+        match encode(&mut pending.buf) {
+            Ok(()) => {
+                pending.lines += 1;
+                Ok(pending.buf.len() >= BUFFER)
+            }
+            Err(e) => {
+                // Never leave half an event behind.
+                pending.buf.truncate(before);
+                Err(e)
+            }
         }
-        r.map(|()| pending.len() >= BUFFER)
     }
 
     /// Writes everything pending (in the order it was appended) and flushes if asked.
@@ -263,13 +274,25 @@ impl ConsolePublisher {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         Receipt::new(event, Position::Sequence(seq))
     }
+
+    fn receipt_owned(&self, event: Event) -> Receipt {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        Receipt::from_event(event, Position::Sequence(seq))
+    }
+}
+
+/// Encoded lines waiting for the output, and how many there are.
+#[derive(Debug, Default)]
+struct Pending {
+    buf: Vec<u8>,
+    lines: usize,
 }
 
 /// Takes the pending lines under the output lock (so whoever writes, writes in append order)
 /// and writes them; flushes if asked.
 async fn drain(
     output: &Mutex<Option<Output>>,
-    pending: &std::sync::Mutex<Vec<u8>>,
+    pending: &std::sync::Mutex<Pending>,
     flush: bool,
 ) -> Result<()> {
     let mut guard = output.lock().await;
@@ -282,14 +305,17 @@ async fn drain(
         )
         .with_retryable(false));
     }
-    let bytes = {
+    {
+        // Swap buffers so both keep their capacity: no allocation in the steady state.
         let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
-        std::mem::replace(&mut *p, Vec::with_capacity(BUFFER))
-    };
+        out.spare.clear();
+        std::mem::swap(&mut out.spare, &mut p.buf);
+        out.unflushed += std::mem::take(&mut p.lines);
+    }
     out.poisoned = true;
-    out.unflushed += bytes.iter().filter(|b| **b == b'\n').count();
-    if !bytes.is_empty() {
-        out.writer.write_all(&bytes).await.map_err(io_error)?;
+    if !out.spare.is_empty() {
+        let Output { writer, spare, .. } = &mut *out;
+        writer.write_all(spare).await.map_err(io_error)?;
     }
     if flush {
         out.writer.flush().await.map_err(io_error)?;
@@ -313,7 +339,7 @@ impl Publisher for ConsolePublisher {
                 if flush || due {
                     self.drain(flush).await?;
                 }
-                Ok(self.receipt(&event))
+                Ok(self.receipt_owned(event))
             })
             .await
     }
@@ -384,8 +410,8 @@ impl Publisher for ConsolePublisher {
                     if out.poisoned || written.is_err() {
                         // The output is broken: unflushed and pending lines may never have
                         // reached it.
-                        let left = pending.lock().unwrap_or_else(|p| p.into_inner());
-                        return Ok(out.unflushed + left.iter().filter(|b| **b == b'\n').count());
+                        let left = pending.lock().unwrap_or_else(|p| p.into_inner()).lines;
+                        return Ok(out.unflushed + left);
                     }
                 }
                 written.map(|()| 0)

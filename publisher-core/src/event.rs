@@ -118,6 +118,11 @@ impl Event {
         &self.topic
     }
 
+    /// Consumes the event, keeping its topic.
+    pub fn into_topic(self) -> String {
+        self.topic
+    }
+
     /// The key, if any.
     pub fn key(&self) -> Option<&str> {
         self.key.as_deref()

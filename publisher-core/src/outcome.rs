@@ -41,6 +41,16 @@ pub struct Receipt {
 }
 
 impl Receipt {
+    /// A receipt for `event` at `position`, taking the topic from the event (no copy).
+    pub fn from_event(event: crate::Event, position: Position) -> Self {
+        let event_id = event.id();
+        Self {
+            event_id,
+            topic: event.into_topic(),
+            position,
+        }
+    }
+
     /// A receipt for `event` at `position`.
     pub fn new(event: &crate::Event, position: Position) -> Self {
         Self {

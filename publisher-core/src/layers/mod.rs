@@ -7,12 +7,12 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> publisher_core::Result<()> {
 //! use std::time::Duration;
-//! use publisher_core::layers::{PublisherExt, RetryPolicy};
+//! use publisher_core::layers::PublisherExt;
 //! use publisher_core::{Event, MemoryPublisher, Publisher};
 //!
 //! let publisher = MemoryPublisher::new()
 //!     .with_timeout(Duration::from_secs(2))?          // each attempt bounded
-//!     .with_retry(RetryPolicy::default())?            // retries outside the timeout
+//!     // .with_retry(RetryPolicy::default())?         // (feature `retry`) retries outside it
 //!     .with_concurrency_limit(64, Duration::from_secs(5))?; // at most 64 in flight
 //! publisher.publish(Event::text("orders", "order 42")).await?;
 //! publisher.close().await?;
