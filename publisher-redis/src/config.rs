@@ -66,7 +66,7 @@ pub struct RedisConfig {
     /// The connection pool. Default: [`PoolConfig::default`].
     pub pool: PoolConfig,
     /// Timeouts. `connect` bounds opening a connection, `publish` bounds pool wait plus the
-    /// command and is also each command's response timeout. Default: [`Timeouts::default`].
+    /// command. Default: [`Timeouts::default`].
     pub timeouts: Timeouts,
 }
 

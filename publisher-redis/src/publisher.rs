@@ -114,7 +114,10 @@ impl RedisPublisherBuilder {
                 })?;
                 let conn_config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(config.timeouts.connect))
-                    .set_response_timeout(Some(config.timeouts.publish));
+                    // Every command runs inside the close gate's publish (or health) timeout,
+                    // which also covers the pool wait: a second timer per command would only
+                    // cost time.
+                    .set_response_timeout(None);
                 let pool = Pool::builder(RedisManager::new(client, conn_config))
                     .max_size(config.pool.max_size)
                     .wait_timeout(Some(config.pool.wait_timeout))
