@@ -248,21 +248,35 @@ impl ConsolePublisher {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends one encoded line; returns whether the buffer is due for writing.
-    fn append(&self, encode: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<bool> {
-        let mut pending = self.pending();
+    /// Encodes one event onto the pending lines; a failed encoding leaves nothing behind.
+    fn encode_into(&self, pending: &mut Pending, event: &Event) -> Result<()> {
         let before = pending.buf.len();
-        match encode(&mut pending.buf) {
+        match self.encode(event, &mut pending.buf) {
             Ok(()) => {
                 pending.lines += 1;
-                Ok(pending.buf.len() >= BUFFER)
+                Ok(())
             }
             Err(e) => {
-                // Never leave half an event behind.
                 pending.buf.truncate(before);
                 Err(e)
             }
         }
+    }
+
+    /// Appends one event's line; returns whether the buffer is due for writing.
+    fn append(&self, event: &Event) -> Result<bool> {
+        let mut pending = self.pending();
+        self.encode_into(&mut pending, event)?;
+        Ok(pending.buf.len() >= BUFFER)
+    }
+
+    /// Appends a batch's lines under one lock acquisition; one result per event.
+    fn append_all(&self, events: &[Event]) -> Vec<Result<()>> {
+        let mut pending = self.pending();
+        events
+            .iter()
+            .map(|e| self.encode_into(&mut pending, e))
+            .collect()
     }
 
     /// Writes everything pending (in the order it was appended) and flushes if asked.
@@ -334,7 +348,7 @@ impl Publisher for ConsolePublisher {
     async fn publish(&self, event: Event) -> Result<Receipt> {
         self.lifecycle
             .run(self.timeouts.publish, "console write", async {
-                let due = self.append(|buf| self.encode(&event, buf))?;
+                let due = self.append(&event)?;
                 let flush = self.flush == FlushPolicy::Event;
                 if flush || due {
                     self.drain(flush).await?;
@@ -345,28 +359,26 @@ impl Publisher for ConsolePublisher {
     }
 
     async fn publish_batch(&self, events: Vec<Event>) -> BatchOutcome {
-        let n = events.len();
-        let run = self
-            .lifecycle
-            .run(self.timeouts.publish, "console batch write", async {
-                let encoded: Vec<Result<()>> = events
-                    .iter()
-                    .map(|e| self.append(|buf| self.encode(e, buf)).map(|_| ()))
-                    .collect();
-                if encoded.iter().any(Result::is_ok) {
-                    self.drain(true).await?;
-                }
-                Ok(events
-                    .iter()
-                    .zip(encoded)
-                    .map(|(e, r)| r.map(|()| self.receipt(e)))
-                    .collect())
-            })
-            .await;
-        match run {
-            Ok(results) => BatchOutcome::new(results),
-            Err(e) => BatchOutcome::all_failed(n, &e),
-        }
+        self.lifecycle
+            .run_batch(
+                self.timeouts.publish,
+                "console batch write",
+                &events,
+                // Only used when the whole batch failed: keeps per-event errors per event.
+                |e| self.encode(e, &mut Vec::new()),
+                async {
+                    let encoded = self.append_all(&events);
+                    if encoded.iter().any(Result::is_ok) {
+                        self.drain(true).await?;
+                    }
+                    Ok(events
+                        .iter()
+                        .zip(encoded)
+                        .map(|(e, r)| r.map(|()| self.receipt(e)))
+                        .collect())
+                },
+            )
+            .await
     }
 
     async fn health(&self) -> Health {
