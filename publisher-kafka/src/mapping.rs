@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 use publisher_core::{Error, Event, Result, Uuid};
 use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
 
 use crate::BACKEND;
 
@@ -77,8 +78,23 @@ pub(crate) fn validate(event: &Event, max_bytes: usize) -> Result<()> {
     Ok(())
 }
 
-/// The record headers for `event`.
-pub(crate) fn headers(event: &Event, id: &str) -> OwnedHeaders {
+/// The record for `event` (call [`validate`] first).
+pub(crate) fn record(event: &Event) -> FutureRecord<'_, str, [u8]> {
+    let mut record = FutureRecord::to(event.topic())
+        .payload(event.payload().as_ref())
+        .headers(headers(event))
+        .timestamp(event.timestamp_millis());
+    if let Some(key) = event.key() {
+        record = record.key(key);
+    }
+    record
+}
+
+/// The record headers for `event`. librdkafka copies header values, so the id is encoded on
+/// the stack.
+fn headers(event: &Event) -> OwnedHeaders {
+    let mut buf = Uuid::encode_buffer();
+    let id = event.id().hyphenated().encode_lower(&mut buf);
     let mut h = OwnedHeaders::new_with_capacity(event.headers().len() + 2).insert(Header {
         key: HEADER_ID,
         value: Some(id.as_bytes()),

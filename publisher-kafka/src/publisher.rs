@@ -9,13 +9,13 @@ use publisher_core::{
     Receipt, Result,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer, PurgeConfig};
 use rdkafka::util::Timeout;
 
 use crate::BACKEND;
 use crate::config::KafkaConfig;
 use crate::error::from_kafka;
-use crate::mapping::{headers, validate};
+use crate::mapping::{record, validate};
 
 /// Publishes to Kafka through one shared rdkafka `FutureProducer`.
 ///
@@ -153,16 +153,8 @@ impl Inner {
     async fn publish(&self, event: &Event) -> Result<Receipt> {
         validate(event, self.max())?;
         let producer = self.producer()?;
-        let id = event.id().hyphenated().to_string();
-        let mut record = FutureRecord::to(event.topic())
-            .payload(event.payload().as_ref())
-            .headers(headers(event, &id))
-            .timestamp(event.timestamp_millis());
-        if let Some(key) = event.key() {
-            record = record.key(key);
-        }
         let r = producer
-            .send(record, Timeout::After(self.config.timeouts.publish))
+            .send(record(event), Timeout::After(self.config.timeouts.publish))
             .await;
         delivered(event, r, self.max())
     }
@@ -175,14 +167,7 @@ impl Inner {
         deadline: Instant,
     ) -> Result<DeliveryFuture> {
         validate(event, self.max())?;
-        let id = event.id().hyphenated().to_string();
-        let mut record = FutureRecord::to(event.topic())
-            .payload(event.payload().as_ref())
-            .headers(headers(event, &id))
-            .timestamp(event.timestamp_millis());
-        if let Some(key) = event.key() {
-            record = record.key(key);
-        }
+        let mut record = record(event);
         loop {
             match producer.send_result(record) {
                 Ok(f) => return Ok(f),

@@ -36,7 +36,9 @@ pub const HEADER_PREFIX: &str = "h.";
 
 /// Appends the fields of `event` to an `XADD` command.
 pub(crate) fn add_stream_fields(cmd: &mut redis::Cmd, event: &Event) {
-    cmd.arg(FIELD_ID).arg(event.id().hyphenated().to_string());
+    let mut id = Uuid::encode_buffer();
+    cmd.arg(FIELD_ID)
+        .arg(&*event.id().hyphenated().encode_lower(&mut id));
     if let Some(key) = event.key() {
         cmd.arg(FIELD_KEY).arg(key);
     }
