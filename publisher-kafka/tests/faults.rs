@@ -166,5 +166,8 @@ async fn unreachable_broker_health_is_unhealthy_and_bounded() {
     );
     assert!(started.elapsed() < Duration::from_millis(4500));
     let report = publisher.close().await.unwrap();
-    assert_eq!(report.abandoned, 0);
+    // If the publish timeout fired before librdkafka's message timeout, the record was still
+    // queued at close: it is purged and reported, never delivered silently.
+    let still_queued = usize::from(!err.message().contains("message_timeout"));
+    assert_eq!(report.abandoned, still_queued, "{report} after {err}");
 }
