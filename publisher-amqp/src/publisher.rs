@@ -10,8 +10,7 @@ use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Connection, PublisherConfirm};
 use publisher_core::{
-    BatchOutcome, CloseReport, Error, ErrorKind, Event, Health, Lifecycle, Position, Publisher,
-    Receipt, Result,
+    Backend, Error, ErrorKind, Event, Health, Lifecycle, Position, Receipt, Result, Teardown,
 };
 
 use crate::BACKEND;
@@ -323,51 +322,35 @@ impl Inner {
 }
 
 #[async_trait]
-impl Publisher for AmqpPublisher {
-    fn backend(&self) -> &'static str {
+impl Backend for Inner {
+    fn name(&self) -> &'static str {
         BACKEND
     }
 
-    async fn publish(&self, event: Event) -> Result<Receipt> {
-        self.lifecycle
-            .run(
-                self.inner.config.timeouts.publish,
-                "amqp publish and confirm",
-                self.inner.publish(&event),
-            )
-            .await
+    fn publish_timeout(&self) -> Duration {
+        self.config.timeouts.publish
     }
 
-    async fn publish_batch(&self, events: Vec<Event>) -> BatchOutcome {
-        self.lifecycle
-            .run_batch(
-                self.inner.config.timeouts.publish,
-                "amqp batch publish and confirm",
-                &events,
-                validate,
-                self.inner.publish_batch(&events),
-            )
-            .await
+    fn check(&self, event: &Event) -> Result<()> {
+        validate(event)
+    }
+
+    async fn publish(&self, event: &Event) -> Result<Receipt> {
+        Inner::publish(self, event).await
+    }
+
+    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+        Inner::publish_batch(self, events).await
     }
 
     async fn health(&self) -> Health {
-        if self.is_closed() {
-            return Health::closed(BACKEND);
-        }
-        self.inner.health().await
+        Inner::health(self).await
     }
 
-    async fn close(&self) -> Result<CloseReport> {
-        let inner = self.inner.clone();
-        self.lifecycle
-            .close(move |td| async move {
-                inner.teardown(td.remaining()).await;
-                Ok(0)
-            })
-            .await
-    }
-
-    fn is_closed(&self) -> bool {
-        self.lifecycle.is_closed()
+    async fn teardown(self: Arc<Self>, td: Teardown) -> Result<usize> {
+        Inner::teardown(&self, td.remaining()).await;
+        Ok(0)
     }
 }
+
+publisher_core::gated_publisher!(AmqpPublisher);

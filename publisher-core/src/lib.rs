@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod config;
 pub mod envelope;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod testing;
 #[cfg(feature = "testing")]
 mod testing_proxy;
 
+pub use backend::Backend;
 pub use config::{PoolConfig, Timeouts};
 pub use error::{Error, ErrorKind, Result};
 pub use event::Event;

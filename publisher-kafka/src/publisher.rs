@@ -5,8 +5,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use publisher_core::{
-    BatchOutcome, CloseReport, Error, ErrorKind, Event, Health, Lifecycle, Position, Publisher,
-    Receipt, Result,
+    Backend, Error, ErrorKind, Event, Health, Lifecycle, Position, Receipt, Result, Teardown,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer, PurgeConfig};
@@ -32,7 +31,7 @@ impl std::fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaPublisher")
             .field("config", &self.inner.config)
-            .field("closed", &self.is_closed())
+            .field("closed", &self.lifecycle.is_closed())
             .finish()
     }
 }
@@ -77,7 +76,7 @@ impl KafkaPublisherBuilder {
     }
 
     /// Validates and creates the producer (no network round trip yet: call
-    /// [`Publisher::health`] to check the brokers are reachable).
+    /// [`Publisher::health`](publisher_core::Publisher::health) to check the brokers are reachable).
     ///
     /// # Errors
     /// `Config` naming the field at fault, including librdkafka's refusal of an unknown or
@@ -267,51 +266,35 @@ impl Inner {
 }
 
 #[async_trait]
-impl Publisher for KafkaPublisher {
-    fn backend(&self) -> &'static str {
+impl Backend for Inner {
+    fn name(&self) -> &'static str {
         BACKEND
     }
 
-    async fn publish(&self, event: Event) -> Result<Receipt> {
-        self.lifecycle
-            .run(
-                self.inner.config.timeouts.publish,
-                "kafka delivery report",
-                self.inner.publish(&event),
-            )
-            .await
+    fn publish_timeout(&self) -> Duration {
+        self.config.timeouts.publish
     }
 
-    async fn publish_batch(&self, events: Vec<Event>) -> BatchOutcome {
-        self.lifecycle
-            .run_batch(
-                self.inner.config.timeouts.publish,
-                "kafka batch delivery reports",
-                &events,
-                |ev| validate(ev, self.inner.max()),
-                self.inner.publish_batch(&events),
-            )
-            .await
+    fn check(&self, event: &Event) -> Result<()> {
+        validate(event, self.max())
+    }
+
+    async fn publish(&self, event: &Event) -> Result<Receipt> {
+        Inner::publish(self, event).await
+    }
+
+    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+        Inner::publish_batch(self, events).await
     }
 
     async fn health(&self) -> Health {
-        if self.is_closed() {
-            return Health::closed(BACKEND);
-        }
-        self.inner.health().await
+        Inner::health(self).await
     }
 
-    async fn close(&self) -> Result<CloseReport> {
-        let inner = self.inner.clone();
-        self.lifecycle
-            .close(move |td| async move {
-                let limit = td.remaining().max(Duration::from_millis(100));
-                inner.teardown(limit, td.abandoned_in_flight).await
-            })
-            .await
-    }
-
-    fn is_closed(&self) -> bool {
-        self.lifecycle.is_closed()
+    async fn teardown(self: Arc<Self>, td: Teardown) -> Result<usize> {
+        let limit = td.remaining().max(Duration::from_millis(100));
+        Inner::teardown(&self, limit, td.abandoned_in_flight).await
     }
 }
+
+publisher_core::gated_publisher!(KafkaPublisher);

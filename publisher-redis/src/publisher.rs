@@ -7,8 +7,7 @@ use async_trait::async_trait;
 use deadpool::Runtime;
 use publisher_core::envelope;
 use publisher_core::{
-    BatchOutcome, CloseReport, Error, ErrorKind, Event, Health, Lifecycle, Position, Publisher,
-    Receipt, Result,
+    Backend, Error, ErrorKind, Event, Health, Lifecycle, Position, Receipt, Result, Teardown,
 };
 use redis::{AsyncConnectionConfig, Client, RedisResult};
 
@@ -91,7 +90,7 @@ impl RedisPublisherBuilder {
     }
 
     /// Validates and builds. Connections open lazily on first use; call
-    /// [`Publisher::health`] to check the server is reachable.
+    /// [`Publisher::health`](publisher_core::Publisher::health) to check the server is reachable.
     ///
     /// # Errors
     /// `Config` naming the field at fault.
@@ -346,51 +345,35 @@ fn broken(e: &redis::RedisError) -> bool {
 }
 
 #[async_trait]
-impl Publisher for RedisPublisher {
-    fn backend(&self) -> &'static str {
+impl Backend for Inner {
+    fn name(&self) -> &'static str {
         BACKEND
     }
 
-    async fn publish(&self, event: Event) -> Result<Receipt> {
-        self.lifecycle
-            .run(
-                self.inner.config.timeouts.publish,
-                "redis publish",
-                self.inner.publish(&event),
-            )
-            .await
+    fn publish_timeout(&self) -> Duration {
+        self.config.timeouts.publish
     }
 
-    async fn publish_batch(&self, events: Vec<Event>) -> BatchOutcome {
-        self.lifecycle
-            .run_batch(
-                self.inner.config.timeouts.publish,
-                "redis batch publish",
-                &events,
-                |ev| self.inner.check(ev),
-                self.inner.publish_batch(&events),
-            )
-            .await
+    fn check(&self, event: &Event) -> Result<()> {
+        Inner::check(self, event)
+    }
+
+    async fn publish(&self, event: &Event) -> Result<Receipt> {
+        Inner::publish(self, event).await
+    }
+
+    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+        Inner::publish_batch(self, events).await
     }
 
     async fn health(&self) -> Health {
-        if self.is_closed() {
-            return Health::closed(BACKEND);
-        }
-        self.inner.ping().await
+        self.ping().await
     }
 
-    async fn close(&self) -> Result<CloseReport> {
-        let source = self.inner.source.clone();
-        self.lifecycle
-            .close(move |_| async move {
-                source.close_if_owned();
-                Ok(0)
-            })
-            .await
-    }
-
-    fn is_closed(&self) -> bool {
-        self.lifecycle.is_closed()
+    async fn teardown(self: Arc<Self>, _: Teardown) -> Result<usize> {
+        self.source.close_if_owned();
+        Ok(0)
     }
 }
+
+publisher_core::gated_publisher!(RedisPublisher);
