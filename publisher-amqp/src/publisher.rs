@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use deadpool::Runtime;
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
@@ -321,7 +320,6 @@ impl Inner {
     }
 }
 
-#[async_trait]
 impl Backend for Inner {
     fn name(&self) -> &'static str {
         BACKEND

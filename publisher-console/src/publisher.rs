@@ -303,7 +303,9 @@ struct Pending {
 }
 
 /// Takes the pending lines under the output lock (so whoever writes, writes in append order)
-/// and writes them; flushes if asked.
+/// and writes them; flushes if asked. Without `flush`, this is a drain of a full buffer: if
+/// another publish wrote the lines while this one waited for the lock, there is nothing to do
+/// (so concurrent publishes do not follow one large write with many small ones).
 async fn drain(
     output: &Mutex<Option<Output>>,
     pending: &std::sync::Mutex<Pending>,
@@ -322,6 +324,9 @@ async fn drain(
     {
         // Swap buffers so both keep their capacity: no allocation in the steady state.
         let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+        if !flush && p.buf.len() < BUFFER {
+            return Ok(());
+        }
         out.spare.clear();
         std::mem::swap(&mut out.spare, &mut p.buf);
         out.unflushed += std::mem::take(&mut p.lines);
@@ -351,7 +356,9 @@ impl Publisher for ConsolePublisher {
                 let due = self.append(&event)?;
                 let flush = self.flush == FlushPolicy::Event;
                 if flush || due {
-                    self.drain(flush).await?;
+                    // Boxed: with `FlushPolicy::Batch` most publishes never write, and the
+                    // write's state would make every publish's future larger.
+                    Box::pin(self.drain(flush)).await?;
                 }
                 Ok(self.receipt_owned(event))
             })

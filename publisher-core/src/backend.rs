@@ -8,15 +8,18 @@
 //! publisher is unhealthy without asking the broker, and `close` runs the backend's teardown
 //! once.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-
-use async_trait::async_trait;
 
 use crate::{Event, Health, Receipt, Result, Teardown};
 
 /// What a broker backend supplies; the gate supplies everything else.
-#[async_trait]
+///
+/// Implementations may write these methods as `async fn`. The trait is used only through
+/// [`gated_publisher!`](crate::gated_publisher), never as a trait object, so its futures are
+/// not boxed: a publish costs one allocation (the [`Publisher`](crate::Publisher) future), not
+/// two.
 pub trait Backend: Send + Sync + 'static {
     /// The backend's name (`redis`, `amqp`, `kafka`, …).
     fn name(&self) -> &'static str;
@@ -35,22 +38,28 @@ pub trait Backend: Send + Sync + 'static {
     ///
     /// # Errors
     /// As [`Publisher::publish`](crate::Publisher::publish).
-    async fn publish(&self, event: &Event) -> Result<Receipt>;
+    fn publish(&self, event: &Event) -> impl Future<Output = Result<Receipt>> + Send;
 
     /// Publishes a batch: one result per event, or an error for the whole batch.
     ///
     /// # Errors
     /// When the batch could not be sent at all.
-    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Receipt>>>;
+    fn publish_batch(
+        &self,
+        events: &[Event],
+    ) -> impl Future<Output = Result<Vec<Result<Receipt>>>> + Send;
 
     /// Checks the broker, bounded by the health timeout.
-    async fn health(&self) -> Health;
+    fn health(&self) -> impl Future<Output = Health> + Send;
 
     /// Releases connections after the drain; returns what it could not deliver.
     ///
     /// # Errors
     /// When tearing down failed.
-    async fn teardown(self: Arc<Self>, teardown: Teardown) -> Result<usize>;
+    fn teardown(
+        self: Arc<Self>,
+        teardown: Teardown,
+    ) -> impl Future<Output = Result<usize>> + Send + 'static;
 }
 
 /// Implements [`Publisher`](crate::Publisher) for a struct with fields `inner: Arc<B>` where

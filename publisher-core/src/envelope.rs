@@ -33,28 +33,6 @@ pub enum Encoding {
     Base64,
 }
 
-#[derive(Serialize)]
-#[serde(untagged)]
-enum PayloadOut<'a> {
-    Raw(&'a RawValue),
-    Str(std::borrow::Cow<'a, str>),
-}
-
-#[derive(Serialize)]
-struct LineOut<'a> {
-    id: Uuid,
-    topic: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key: Option<&'a str>,
-    timestamp: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content_type: Option<&'a str>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    headers: &'a BTreeMap<String, String>,
-    encoding: Encoding,
-    payload: PayloadOut<'a>,
-}
-
 /// One envelope read back: the same fields [`encode`] writes.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Envelope {
@@ -134,14 +112,9 @@ impl Envelope {
     }
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    // Times before the epoch are clamped to it: humantime cannot format them.
-    let t = if t < SystemTime::UNIX_EPOCH {
-        SystemTime::UNIX_EPOCH
-    } else {
-        t
-    };
-    humantime::format_rfc3339_millis(t).to_string()
+/// Times before the epoch are clamped to it: humantime cannot format them.
+fn clamp(t: SystemTime) -> SystemTime {
+    t.max(SystemTime::UNIX_EPOCH)
 }
 
 fn is_json_type(content_type: Option<&str>) -> bool {
@@ -151,36 +124,105 @@ fn is_json_type(content_type: Option<&str>) -> bool {
     })
 }
 
-/// Appends `event` as one JSON line (with the trailing newline) to `out`.
-pub fn encode(event: &Event, out: &mut Vec<u8>) {
+/// The payload as it goes into a line.
+enum Payload<'a> {
+    /// Valid single-line JSON, embedded as is.
+    Raw(&'a str),
+    /// A string to write as a JSON string.
+    Str(std::borrow::Cow<'a, str>),
+}
+
+/// How `event`'s payload is written: embedded JSON, a UTF-8 string, or base64.
+fn payload(event: &Event) -> (Encoding, Payload<'_>) {
     let bytes = event.payload();
-    let (encoding, payload) = match std::str::from_utf8(bytes) {
+    match std::str::from_utf8(bytes) {
         Ok(text) => {
-            let raw = (is_json_type(event.content_type()) && !text.contains('\n'))
-                .then(|| serde_json::from_str::<&RawValue>(text).ok())
-                .flatten();
-            match raw {
-                Some(raw) => (Encoding::Json, PayloadOut::Raw(raw)),
-                None => (Encoding::Utf8, PayloadOut::Str(text.into())),
+            let json = is_json_type(event.content_type())
+                && !text.contains('\n')
+                && serde_json::from_str::<&RawValue>(text).is_ok();
+            if json {
+                (Encoding::Json, Payload::Raw(text))
+            } else {
+                (Encoding::Utf8, Payload::Str(text.into()))
             }
         }
-        Err(_) => (
-            Encoding::Base64,
-            PayloadOut::Str(BASE64.encode(bytes).into()),
-        ),
-    };
-    let line = LineOut {
-        id: event.id(),
-        topic: event.topic(),
-        key: event.key(),
-        timestamp: rfc3339(event.timestamp()),
-        content_type: event.content_type(),
-        headers: event.headers(),
-        encoding,
-        payload,
-    };
-    serde_json::to_writer(&mut *out, &line).expect("serialising to a Vec cannot fail");
-    out.push(b'\n');
+        Err(_) => (Encoding::Base64, Payload::Str(BASE64.encode(bytes).into())),
+    }
+}
+
+/// Whether serde_json would escape any byte of `s` (control characters, `"` and `\`).
+/// Written as a fold, without early exit, so the compiler vectorises it.
+fn needs_escape(s: &[u8]) -> bool {
+    s.iter().fold(false, |any, &b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
+}
+
+/// Appends `s` as a JSON string, exactly as serde_json writes it.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    if needs_escape(s.as_bytes()) {
+        serde_json::to_writer(&mut *out, s).expect("serialising to a Vec cannot fail");
+    } else {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
+/// Appends `event` as one JSON line (with the trailing newline) to `out`.
+///
+/// The line is what serde_json writes for the fields in the order of the module docs (absent
+/// key, content type and empty headers left out), written directly: strings that need no
+/// escaping, the common case, are copied as they are.
+pub fn encode(event: &Event, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+
+    let (encoding, payload) = payload(event);
+    out.reserve(192 + event.topic().len() + event.payload().len());
+    out.extend_from_slice(b"{\"id\":\"");
+    let mut id = Uuid::encode_buffer();
+    out.extend_from_slice(event.id().hyphenated().encode_lower(&mut id).as_bytes());
+    out.extend_from_slice(b"\",\"topic\":");
+    json_str(out, event.topic());
+    if let Some(key) = event.key() {
+        out.extend_from_slice(b",\"key\":");
+        json_str(out, key);
+    }
+    out.extend_from_slice(b",\"timestamp\":\"");
+    write!(
+        out,
+        "{}",
+        humantime::format_rfc3339_millis(clamp(event.timestamp()))
+    )
+    .expect("writing to a Vec cannot fail");
+    out.push(b'"');
+    if let Some(ct) = event.content_type() {
+        out.extend_from_slice(b",\"content_type\":");
+        json_str(out, ct);
+    }
+    if !event.headers().is_empty() {
+        out.extend_from_slice(b",\"headers\":{");
+        for (i, (name, value)) in event.headers().iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_str(out, name);
+            out.push(b':');
+            json_str(out, value);
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(match encoding {
+        Encoding::Json => b",\"encoding\":\"json\",\"payload\":",
+        Encoding::Utf8 => b",\"encoding\":\"utf8\",\"payload\":",
+        Encoding::Base64 => b",\"encoding\":\"base64\",\"payload\":",
+    });
+    match payload {
+        Payload::Raw(raw) => out.extend_from_slice(raw.as_bytes()),
+        Payload::Str(s) => json_str(out, &s),
+    }
+    out.extend_from_slice(b"}\n");
 }
 
 /// Parses the timestamp of a JSON line.
@@ -197,6 +239,75 @@ pub fn parse_timestamp(s: &str) -> Result<SystemTime> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum PayloadOut<'a> {
+        Raw(&'a RawValue),
+        Str(std::borrow::Cow<'a, str>),
+    }
+
+    #[derive(Serialize)]
+    struct LineOut<'a> {
+        id: Uuid,
+        topic: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
+        timestamp: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        content_type: Option<&'a str>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        headers: &'a BTreeMap<String, String>,
+        encoding: Encoding,
+        payload: PayloadOut<'a>,
+    }
+
+    /// What the envelope was before `encode` wrote it by hand: serde_json over a struct.
+    fn serde_line(event: &Event) -> Vec<u8> {
+        let (encoding, payload) = super::payload(event);
+        let line = LineOut {
+            id: event.id(),
+            topic: event.topic(),
+            key: event.key(),
+            timestamp: humantime::format_rfc3339_millis(clamp(event.timestamp())).to_string(),
+            content_type: event.content_type(),
+            headers: event.headers(),
+            encoding,
+            payload: match &payload {
+                Payload::Raw(raw) => PayloadOut::Raw(serde_json::from_str(raw).unwrap()),
+                Payload::Str(s) => PayloadOut::Str(s.clone()),
+            },
+        };
+        let mut out = serde_json::to_vec(&line).unwrap();
+        out.push(b'\n');
+        out
+    }
+
+    #[test]
+    fn hand_written_line_is_byte_for_byte_what_serde_json_writes() {
+        let nasty = "q\"uote \\ back\u{1}\u{1f}\t\n\r \u{7f} é 😀 </script>";
+        let events = [
+            Event::new("orders", vec![b'x'; 256]),
+            Event::text(nasty, nasty)
+                .with_key(nasty)
+                .with_header(nasty, nasty)
+                .with_header("a", "")
+                .with_content_type(nasty),
+            Event::new("t", r#"{"b":1,"a":[1,2]}"#).with_content_type("application/json"),
+            Event::new("t", "{\n \"a\": 1}").with_content_type("application/json"),
+            Event::new("t", vec![0u8, 255, 128]),
+            Event::new("t", "").with_timestamp(SystemTime::UNIX_EPOCH - Duration::from_secs(5)),
+        ];
+        for event in &events {
+            let mut ours = Vec::new();
+            encode(event, &mut ours);
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&serde_line(event))
+            );
+            roundtrip(event);
+        }
+    }
 
     fn roundtrip(event: &Event) -> Envelope {
         let mut out = Vec::new();

@@ -25,7 +25,9 @@
 //! ```
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -60,17 +62,16 @@ impl Teardown {
     }
 }
 
-#[derive(Debug, Default)]
-struct State {
-    closing: bool,
-    in_flight: usize,
-}
+/// The top bit of [`Inner::state`]: closing has started. The other bits count publishes in
+/// flight. One atomic, so admitting and finishing a publish takes no lock.
+const CLOSING: usize = 1 << (usize::BITS - 1);
 
 #[derive(Debug)]
 struct Inner {
     backend: &'static str,
     close_timeout: Duration,
-    state: Mutex<State>,
+    /// [`CLOSING`] and the in-flight count.
+    state: AtomicUsize,
     idle: Notify,
     /// Cancelled when the drain deadline passes: in-flight publishes stop and fail.
     abandon: CancellationToken,
@@ -81,9 +82,20 @@ struct Inner {
 }
 
 impl Inner {
-    fn state(&self) -> MutexGuard<'_, State> {
-        // The lock guards two plain fields and is never held across a panic-prone call.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn in_flight(&self) -> usize {
+        self.state.load(Ordering::Acquire) & !CLOSING
+    }
+
+    /// Starts closing (refusing new publishes); returns what was in flight at that moment.
+    fn start_closing(&self) -> usize {
+        self.state.fetch_or(CLOSING, Ordering::AcqRel) & !CLOSING
+    }
+
+    /// Marks one publish finished, waking the drain when it was the last one.
+    fn exit(&self) {
+        if self.state.fetch_sub(1, Ordering::AcqRel) == CLOSING | 1 {
+            self.idle.notify_waiters();
+        }
     }
 
     /// Waits until nothing is in flight or `deadline` passes; returns what is still in flight.
@@ -92,12 +104,11 @@ impl Inner {
             let notified = self.idle.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let n = self.state().in_flight;
-            if n == 0 {
+            if self.in_flight() == 0 {
                 return 0;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.state().in_flight;
+                return self.in_flight();
             }
         }
     }
@@ -109,11 +120,7 @@ impl Inner {
     {
         let start = Instant::now();
         let deadline = start + self.close_timeout;
-        let at_start = {
-            let mut s = self.state();
-            s.closing = true;
-            s.in_flight
-        };
+        let at_start = self.start_closing();
         tracing::debug!(
             backend = self.backend,
             in_flight = at_start,
@@ -196,12 +203,7 @@ pub struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut s = self.inner.state();
-        s.in_flight -= 1;
-        if s.in_flight == 0 && s.closing {
-            drop(s);
-            self.inner.idle.notify_waiters();
-        }
+        self.inner.exit();
     }
 }
 
@@ -212,7 +214,7 @@ impl Lifecycle {
             inner: Arc::new(Inner {
                 backend,
                 close_timeout,
-                state: Mutex::new(State::default()),
+                state: AtomicUsize::new(0),
                 idle: Notify::new(),
                 abandon: CancellationToken::new(),
                 shutdown: CancellationToken::new(),
@@ -229,12 +231,12 @@ impl Lifecycle {
 
     /// Whether closing has started (publishes are refused from then on).
     pub fn is_closed(&self) -> bool {
-        self.inner.state().closing
+        self.inner.state.load(Ordering::Acquire) & CLOSING != 0
     }
 
     /// How many publishes are in flight.
     pub fn in_flight(&self) -> usize {
-        self.inner.state().in_flight
+        self.inner.in_flight()
     }
 
     /// Admits one publish.
@@ -242,11 +244,10 @@ impl Lifecycle {
     /// # Errors
     /// [`ErrorKind::Closed`] once closing has started.
     pub fn enter(&self) -> Result<InFlight> {
-        let mut s = self.inner.state();
-        if s.closing {
+        if self.inner.state.fetch_add(1, Ordering::AcqRel) & CLOSING != 0 {
+            self.inner.exit();
             return Err(Error::closed(self.inner.backend));
         }
-        s.in_flight += 1;
         Ok(InFlight {
             inner: self.inner.clone(),
         })
@@ -263,6 +264,12 @@ impl Lifecycle {
         Fut: Future<Output = Result<T>>,
     {
         let _guard = self.enter()?;
+        let mut fut = std::pin::pin!(fut);
+        // A publish that completes on its first poll (a buffered console write) needs neither
+        // a timer nor a watch for abandonment.
+        if let Poll::Ready(r) = futures::poll!(fut.as_mut()) {
+            return r;
+        }
         tokio::select! {
             biased;
             () = self.inner.abandon.cancelled() => Err(Error::new(
@@ -371,11 +378,7 @@ impl Drop for Lifecycle {
         if self.inner.close.get().is_some() {
             return;
         }
-        let in_flight = {
-            let mut s = self.inner.state();
-            s.closing = true;
-            s.in_flight
-        };
+        let in_flight = self.inner.start_closing();
         tracing::warn!(
             backend = self.inner.backend,
             in_flight,
@@ -391,7 +394,7 @@ impl Drop for Lifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
 
     #[tokio::test]
     async fn refuses_after_close_and_reports_once() {
@@ -475,6 +478,52 @@ mod tests {
         let err = stuck.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Closed);
         assert!(report.elapsed < Duration::from_secs(2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_publishes_and_close_leave_the_count_at_zero() {
+        let lc = Arc::new(Lifecycle::new("t", Duration::from_secs(5)));
+        let admitted_after_close = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (lc, late) = (lc.clone(), admitted_after_close.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut ok = 0usize;
+                loop {
+                    let r = lc
+                        .run(Duration::from_secs(1), "publish", async {
+                            tokio::time::sleep(Duration::from_micros(50)).await;
+                            Ok(())
+                        })
+                        .await;
+                    match r {
+                        Ok(()) => ok += 1,
+                        Err(e) => {
+                            assert_eq!(e.kind(), ErrorKind::Closed);
+                            // Once refused, always refused.
+                            if lc.enter().is_ok() {
+                                late.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            return ok;
+                        }
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let report = lc.close(|_| async { Ok(0) }).await.unwrap();
+        assert_eq!(report.abandoned, 0);
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        assert!(total > 0);
+        assert_eq!(
+            admitted_after_close.load(std::sync::atomic::Ordering::SeqCst),
+            0
+        );
+        assert_eq!(lc.in_flight(), 0);
+        assert!(lc.is_closed());
     }
 
     #[tokio::test]

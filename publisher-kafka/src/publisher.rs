@@ -3,7 +3,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use publisher_core::{
     Backend, Error, ErrorKind, Event, Health, Lifecycle, Position, Receipt, Result, Teardown,
 };
@@ -265,7 +264,6 @@ impl Inner {
     }
 }
 
-#[async_trait]
 impl Backend for Inner {
     fn name(&self) -> &'static str {
         BACKEND

@@ -3,7 +3,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use deadpool::Runtime;
 use publisher_core::envelope;
 use publisher_core::{
@@ -344,7 +343,6 @@ fn broken(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }
 
-#[async_trait]
 impl Backend for Inner {
     fn name(&self) -> &'static str {
         BACKEND
