@@ -34,6 +34,26 @@ pub const FIELD_PAYLOAD: &str = "payload";
 /// Prefix of header fields.
 pub const HEADER_PREFIX: &str = "h.";
 
+/// How many arguments and about how many bytes [`add_stream_fields`] appends for `event`.
+pub(crate) fn stream_entry_size(event: &Event) -> (usize, usize) {
+    let headers: usize = event
+        .headers()
+        .iter()
+        .map(|(k, v)| HEADER_PREFIX.len() + k.len() + v.len())
+        .sum();
+    let key = event.key().map_or(0, |k| FIELD_KEY.len() + k.len());
+    let ct = event
+        .content_type()
+        .map_or(0, |c| FIELD_CONTENT_TYPE.len() + c.len());
+    let args = 2 * (3 + usize::from(key > 0) + usize::from(ct > 0) + event.headers().len());
+    // id, timestamp and payload fields with their values (a UUID is 36 bytes, a timestamp 13).
+    let fixed = 2 + 36 + 9 + 20 + 7;
+    (
+        args,
+        event.topic().len() + event.payload().len() + headers + key + ct + fixed,
+    )
+}
+
 /// Appends the fields of `event` to an `XADD` command.
 pub(crate) fn add_stream_fields(cmd: &mut redis::Cmd, event: &Event) {
     let mut id = Uuid::encode_buffer();

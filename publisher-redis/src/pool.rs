@@ -2,8 +2,9 @@
 //! lent in.
 
 use std::ops::DerefMut;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use publisher_core::{PoolConfig, Result};
@@ -13,7 +14,7 @@ use redis::{AsyncConnectionConfig, Client, RedisError};
 use crate::error::from_pool;
 
 /// Pooled connections idle for longer than this are checked with a PING before reuse.
-const VERIFY_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+const VERIFY_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Opens and checks redis-rs multiplexed connections with our connect and response timeouts.
 pub struct RedisManager {
@@ -39,18 +40,58 @@ impl RedisManager {
     }
 }
 
-/// A pooled multiplexed connection and the flag publishers raise when it failed at the
-/// connection level.
+/// A pooled multiplexed connection, the flag publishers raise when it failed at the connection
+/// level, and when it last answered.
 #[derive(Clone)]
 pub struct PooledConnection {
     conn: MultiplexedConnection,
-    broken: Arc<AtomicBool>,
+    health: Arc<ConnHealth>,
+}
+
+struct ConnHealth {
+    broken: AtomicBool,
+    opened: Instant,
+    /// Milliseconds after `opened` of the last reply.
+    replied_ms: AtomicU64,
+}
+
+impl PooledConnection {
+    fn new(conn: MultiplexedConnection) -> Self {
+        Self {
+            conn,
+            health: Arc::new(ConnHealth {
+                broken: AtomicBool::new(false),
+                opened: Instant::now(),
+                replied_ms: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn is_broken(&self) -> bool {
+        self.health.broken.load(Ordering::Relaxed)
+    }
+
+    fn since_opened(&self) -> u64 {
+        u64::try_from(self.health.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// How long since the connection last answered.
+    fn idle(&self) -> Duration {
+        let replied = self.health.replied_ms.load(Ordering::Relaxed);
+        Duration::from_millis(self.since_opened().saturating_sub(replied))
+    }
+
+    /// Usable without a check: not broken and answered within [`VERIFY_IDLE_AFTER`].
+    fn is_fresh(&self) -> bool {
+        !self.is_broken() && self.idle() < VERIFY_IDLE_AFTER
+    }
 }
 
 impl std::fmt::Debug for PooledConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PooledConnection")
-            .field("broken", &self.broken.load(Ordering::Relaxed))
+            .field("broken", &self.is_broken())
+            .field("idle", &self.idle())
             .finish()
     }
 }
@@ -64,10 +105,7 @@ impl managed::Manager for RedisManager {
             .client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
-        Ok(PooledConnection {
-            conn,
-            broken: Arc::default(),
-        })
+        Ok(PooledConnection::new(conn))
     }
 
     async fn recycle(
@@ -75,20 +113,23 @@ impl managed::Manager for RedisManager {
         pooled: &mut PooledConnection,
         metrics: &Metrics,
     ) -> RecycleResult<RedisError> {
-        if pooled.broken.load(Ordering::Relaxed) {
+        if pooled.is_broken() {
             return Err(RecycleError::message("the connection failed; replacing it"));
         }
-        let conn = &mut pooled.conn;
-        // A connection that was in use a moment ago is handed out again without a round trip
+        // A connection that answered a moment ago is handed out again without a round trip
         // (publishers discard a connection that failed at the connection level, see
         // `Conn::discard`); one idle for longer is checked with a PING, so connections broken
         // while idle (a Redis restart) are replaced before anyone publishes on them.
-        if metrics.last_used() < VERIFY_IDLE_AFTER {
+        if pooled.idle() < VERIFY_IDLE_AFTER || metrics.last_used() < VERIFY_IDLE_AFTER {
             return Ok(());
         }
         let n = self.pings.fetch_add(1, Ordering::Relaxed).to_string();
-        let echoed: String = redis::cmd("PING").arg(&n).query_async(conn).await?;
+        let echoed: String = redis::cmd("PING")
+            .arg(&n)
+            .query_async(&mut pooled.conn)
+            .await?;
         if echoed == n {
+            pooled.touch();
             Ok(())
         } else {
             Err(RecycleError::message("PING answered with the wrong value"))
@@ -100,18 +141,47 @@ impl managed::Manager for RedisManager {
 pub type Pool = managed::Pool<RedisManager>;
 
 /// Where connections come from.
-#[derive(Clone)]
 pub(crate) enum Source {
     /// Ours: closed at close.
-    Owned(Pool),
+    Owned(Owned),
     /// The caller's: never closed by us.
     Lent(deadpool_redis::Pool),
+}
+
+/// Our pool, and the connection publishes share while it is fresh.
+///
+/// A multiplexed connection pipelines every command sent on it, so publishes share one
+/// connection (the one the pool handed out last) rather than spreading over several; they go
+/// back to the pool, which checks and replaces connections, only when that connection failed
+/// or has been idle for a while. Taking the shared connection is a lock and a clone, not a
+/// pool checkout.
+pub(crate) struct Owned {
+    pool: Pool,
+    current: Mutex<Option<PooledConnection>>,
+}
+
+impl Owned {
+    pub(crate) fn new(pool: Pool) -> Self {
+        Self {
+            pool,
+            current: Mutex::new(None),
+        }
+    }
+
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<PooledConnection>> {
+        // Guards one Option; never held across an await or a panic-prone call.
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fresh(&self) -> Option<PooledConnection> {
+        self.current().as_ref().filter(|c| c.is_fresh()).cloned()
+    }
 }
 
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (kind, status) = match self {
-            Source::Owned(p) => ("owned", p.status()),
+            Source::Owned(o) => ("owned", o.pool.status()),
             Source::Lent(p) => ("lent", p.status()),
         };
         f.debug_struct("Pool")
@@ -138,8 +208,15 @@ impl Conn {
     /// Marks a connection that failed at the connection level, so the pool replaces it.
     pub(crate) fn discard(self) {
         match self {
-            Conn::Shared(p) => p.broken.store(true, Ordering::Relaxed),
+            Conn::Shared(p) => p.health.broken.store(true, Ordering::Relaxed),
             Conn::Lent(c) => drop(deadpool_redis::Connection::take(c)),
+        }
+    }
+
+    /// Records that the server answered on this connection.
+    pub(crate) fn touch(&self) {
+        if let Conn::Shared(p) = self {
+            p.touch();
         }
     }
 
@@ -151,18 +228,40 @@ impl Conn {
     }
 }
 
+impl PooledConnection {
+    fn touch(&self) {
+        self.health
+            .replied_ms
+            .store(self.since_opened(), Ordering::Relaxed);
+    }
+}
+
 impl Source {
-    /// A connection, waiting at most the pool's wait timeout.
+    /// A connection: the shared one while it is fresh, otherwise one from the pool, waiting at
+    /// most the pool's wait timeout.
     pub(crate) async fn get(&self, cfg: &PoolConfig) -> Result<Conn> {
+        if let Source::Owned(o) = self {
+            if let Some(c) = o.fresh() {
+                return Ok(Conn::Shared(c));
+            }
+        }
+        // The pool's futures are large (they hold connection setup): boxed, so that only this
+        // path pays for them and every publish's future stays small.
+        Box::pin(self.checkout(cfg)).await
+    }
+
+    async fn checkout(&self, cfg: &PoolConfig) -> Result<Conn> {
         let timeouts = managed::Timeouts {
             wait: Some(cfg.wait_timeout),
             create: Some(cfg.create_timeout),
             recycle: Some(cfg.recycle_timeout),
         };
         match self {
-            Source::Owned(p) => {
-                let slot = p.timeout_get(&timeouts).await.map_err(from_pool)?;
-                Ok(Conn::Shared((*slot).clone()))
+            Source::Owned(o) => {
+                let slot = o.pool.timeout_get(&timeouts).await.map_err(from_pool)?;
+                let conn = (*slot).clone();
+                *o.current() = Some(conn.clone());
+                Ok(Conn::Shared(conn))
             }
             Source::Lent(p) => p
                 .timeout_get(&timeouts)
@@ -172,9 +271,11 @@ impl Source {
         }
     }
 
+    /// Closes our pool and lets go of the shared connection (a lent pool is left alone).
     pub(crate) fn close_if_owned(&self) {
-        if let Source::Owned(p) = self {
-            p.close();
+        if let Source::Owned(o) = self {
+            o.current().take();
+            o.pool.close();
         }
     }
 }

@@ -13,8 +13,8 @@ use redis::{AsyncConnectionConfig, Client, RedisResult};
 use crate::BACKEND;
 use crate::config::{Mode, PubsubFormat, RedisConfig};
 use crate::error::from_redis;
-use crate::mapping::add_stream_fields;
-use crate::pool::{Pool, RedisManager, Source};
+use crate::mapping::{add_stream_fields, stream_entry_size};
+use crate::pool::{Owned, Pool, RedisManager, Source};
 use publisher_core::config::redact_url as redact;
 
 /// Publishes to Redis streams (`XADD`, the default) or pub/sub channels (`PUBLISH`) through a
@@ -118,6 +118,10 @@ impl RedisPublisherBuilder {
                     .set_response_timeout(None);
                 let pool = Pool::builder(RedisManager::new(client, conn_config))
                     .max_size(config.pool.max_size)
+                    // Last in, first out: a publish takes the connection the previous one just
+                    // gave back, so publishes pipeline on as few connections as the load needs
+                    // instead of spreading thinly over all of them.
+                    .queue_mode(deadpool::managed::QueueMode::Lifo)
                     .wait_timeout(Some(config.pool.wait_timeout))
                     .create_timeout(Some(
                         config.pool.create_timeout.min(config.timeouts.connect),
@@ -128,7 +132,7 @@ impl RedisPublisherBuilder {
                     .map_err(|e| {
                         Error::config(BACKEND, "pool", format!("cannot build the pool: {e}"))
                     })?;
-                Source::Owned(pool)
+                Source::Owned(Owned::new(pool))
             }
         };
         let lifecycle = Lifecycle::new(BACKEND, config.timeouts.close);
@@ -194,7 +198,11 @@ impl Inner {
     fn command(&self, event: &Event) -> redis::Cmd {
         match self.config.mode {
             Mode::Stream => {
-                let mut cmd = redis::cmd("XADD");
+                // Sized up front: growing the buffer argument by argument reallocates several
+                // times for every command.
+                let (args, bytes) = stream_entry_size(event);
+                let mut cmd = redis::Cmd::with_capacity(6 + args, 64 + bytes);
+                cmd.arg("XADD");
                 cmd.arg(event.topic());
                 if let Some(n) = self.config.maxlen {
                     cmd.arg("MAXLEN").arg("~").arg(n);
@@ -204,7 +212,8 @@ impl Inner {
                 cmd
             }
             Mode::Pubsub => {
-                let mut cmd = redis::cmd("PUBLISH");
+                let mut cmd = redis::Cmd::with_capacity(3, 320 + stream_entry_size(event).1);
+                cmd.arg("PUBLISH");
                 cmd.arg(event.topic());
                 match self.config.pubsub_format {
                     PubsubFormat::Envelope => {
@@ -252,8 +261,9 @@ impl Inner {
         let cmd = self.command(event);
         let mut conn = self.source.get(&self.config.pool).await?;
         let reply = cmd.query_async::<redis::Value>(conn.get()).await;
-        if reply.as_ref().is_err_and(broken) {
-            conn.discard();
+        match &reply {
+            Err(e) if broken(e) => conn.discard(),
+            _ => conn.touch(),
         }
         self.receipt(event, reply)
     }
@@ -272,8 +282,9 @@ impl Inner {
             let replies = pipe
                 .query_async::<Vec<RedisResult<redis::Value>>>(conn.get())
                 .await;
-            if replies.as_ref().is_err_and(broken) {
-                conn.discard();
+            match &replies {
+                Err(e) if broken(e) => conn.discard(),
+                _ => conn.touch(),
             }
             replies.map_err(from_redis)?.into_iter()
         } else {
@@ -300,8 +311,9 @@ impl Inner {
         let check = async {
             let mut conn = self.source.get(&self.config.pool).await?;
             let pong = redis::cmd("PING").query_async::<String>(conn.get()).await;
-            if pong.as_ref().is_err_and(broken) {
-                conn.discard();
+            match &pong {
+                Err(e) if broken(e) => conn.discard(),
+                _ => conn.touch(),
             }
             pong.map_err(from_redis)
         };
