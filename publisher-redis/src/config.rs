@@ -63,7 +63,10 @@ pub struct RedisConfig {
     /// Default: none.
     #[serde(with = "humantime_serde")]
     pub health_interval: Option<Duration>,
-    /// The connection pool. Default: [`PoolConfig::default`].
+    /// The connection pool. Default: [`PoolConfig::default`]. Connections are multiplexed:
+    /// publishes pipeline on the connection the pool handed out last while it answers, and the
+    /// pool (at most `max_size` connections) replaces it when it fails or checks it with a
+    /// PING after a second idle.
     pub pool: PoolConfig,
     /// Timeouts. `connect` bounds opening a connection, `publish` bounds pool wait plus the
     /// command. Default: [`Timeouts::default`].

@@ -195,10 +195,10 @@ impl std::fmt::Debug for Source {
 
 /// A connection to publish on.
 ///
-/// Our own pooled connections are multiplexed: the pool slot is returned at once and this clone
-/// carries the command, so many publishes share one connection concurrently (the pool's size
-/// is the number of connections, not a cap on publishes in flight). A lent pool's connection
-/// is held for the command, as its owner may expect.
+/// Our own pooled connections are multiplexed: publishes share the current connection (see
+/// [`Owned`]) and this clone carries the command, so many publishes pipeline on one connection
+/// concurrently (`pool.max_size` bounds the connections opened, not the publishes in flight).
+/// A lent pool's connection is held for the command, as its owner may expect.
 pub(crate) enum Conn {
     Shared(PooledConnection),
     Lent(deadpool_redis::Connection),
