@@ -4,13 +4,15 @@
 //! console.
 //!
 //! Each raw publish carries what a hand-rolled event publisher would: a UUIDv7 event id and a
-//! timestamp beside the payload, so the comparison measures the abstraction, not extra bytes.
+//! timestamp beside the payload, under the names our mapping uses (Kafka's id header, AMQP's
+//! millisecond timestamp header), so the comparison measures the abstraction, not extra bytes.
 
 use std::io::Write;
 use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use publisher::Bytes;
 use rdkafka::ClientConfig;
@@ -123,7 +125,7 @@ impl Sink for RawKafka {
             let record = FutureRecord::<(), [u8]>::to(topic)
                 .payload(payload.as_ref())
                 .headers(OwnedHeaders::new().insert(Header {
-                    key: "id",
+                    key: publisher_kafka::mapping::HEADER_ID,
                     value: Some(id.as_bytes()),
                 }))
                 .timestamp(now_ms());
@@ -148,7 +150,7 @@ impl Sink for RawKafka {
                 let mut record = FutureRecord::<(), [u8]>::to(topic)
                     .payload(payload.as_ref())
                     .headers(OwnedHeaders::new().insert(Header {
-                        key: "id",
+                        key: publisher_kafka::mapping::HEADER_ID,
                         value: Some(id.as_bytes()),
                     }))
                     .timestamp(now_ms());
@@ -207,6 +209,7 @@ impl RawAmqp {
                 },
                 payload,
                 BasicProperties::default()
+                    .with_headers(timestamp_ms_header())
                     .with_delivery_mode(2)
                     .with_message_id(id().into())
                     .with_timestamp((now_ms() / 1000) as u64),
@@ -214,6 +217,18 @@ impl RawAmqp {
             .await
             .map_err(err)
     }
+}
+
+/// AMQP's `timestamp` property holds whole seconds; an event publisher that keeps milliseconds
+/// (ours does) carries them in a header, which RabbitMQ parses for every message. The raw
+/// publish carries the same header, so both sides cost the broker the same.
+fn timestamp_ms_header() -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        publisher_amqp::mapping::HEADER_TIMESTAMP_MS.into(),
+        AMQPValue::LongLongInt(now_ms()),
+    );
+    headers
 }
 
 fn confirmed(c: Confirmation) -> Result<(), String> {

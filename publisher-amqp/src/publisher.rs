@@ -35,6 +35,8 @@ struct Inner {
     exchange: ShortString,
     link: Arc<Link>,
     pool: ChannelPool,
+    /// The channel the pool handed out last, shared by publishes while it is open.
+    current: std::sync::Mutex<Option<lapin::Channel>>,
 }
 
 /// Builds an [`AmqpPublisher`]. Setters never fail; [`AmqpPublisherBuilder::build`] validates
@@ -136,6 +138,7 @@ impl AmqpPublisherBuilder {
                 exchange,
                 link,
                 pool,
+                current: std::sync::Mutex::new(None),
             }),
             lifecycle,
         })
@@ -179,16 +182,33 @@ impl Inner {
         }
     }
 
-    /// A confirm-mode channel. The pool slot is returned at once: lapin channels take
-    /// concurrent publishes, so publishes share the pool's channels instead of queueing for
-    /// them (`pool.max_size` is the number of channels, not a cap on publishes in flight).
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<lapin::Channel>> {
+        // Guards one Option; never held across an await or a panic-prone call.
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A confirm-mode channel. lapin channels take concurrent publishes, so publishes share
+    /// the channel the pool handed out last while it is open, instead of queueing for channels
+    /// (`pool.max_size` bounds the channels opened, not the publishes in flight); the pool,
+    /// which opens and checks channels, is asked only when that channel closed.
     async fn channel(&self) -> Result<lapin::Channel> {
+        if let Some(c) = self.current().as_ref().filter(|c| c.status().connected()) {
+            return Ok(c.clone());
+        }
+        // The pool's futures are large (they hold connecting and opening a channel): boxed, so
+        // that only this path pays for them and every publish's future stays small.
+        Box::pin(self.checkout()).await
+    }
+
+    async fn checkout(&self) -> Result<lapin::Channel> {
         let slot = self
             .pool
             .timeout_get(&self.pool_timeouts())
             .await
             .map_err(from_pool)?;
-        Ok((*slot).clone())
+        let channel = (*slot).clone();
+        *self.current() = Some(channel.clone());
+        Ok(channel)
     }
 
     async fn send(&self, channel: &lapin::Channel, event: &Event) -> Result<PublisherConfirm> {
@@ -307,6 +327,7 @@ impl Inner {
 
     async fn teardown(&self, remaining: Duration) {
         let limit = remaining.max(Duration::from_millis(200));
+        self.current().take();
         let removed = self.pool.retain(|_, _| false).removed;
         self.pool.close();
         let closing = removed
