@@ -32,12 +32,18 @@ enum Command {
         /// Repetitions of each pair.
         #[arg(long, default_value_t = 3)]
         reps: usize,
-        /// Single publishes per run at concurrency 1 (four times as many at 64).
+        /// Single publishes per run at concurrency 1 (four times as many at higher ones).
         #[arg(long, default_value_t = 5_000)]
         count: u64,
-        /// Batches of 1,000 per run.
+        /// Batches per run.
         #[arg(long, default_value_t = 20)]
         batches: u64,
+        /// Concurrencies of the single-publish workloads (0 for none).
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 64])]
+        concurrency: Vec<usize>,
+        /// Events per batch of the batch workloads (0 for none).
+        #[arg(long, value_delimiter = ',', default_values_t = [1000])]
+        batch_size: Vec<usize>,
         /// Payload size in bytes.
         #[arg(long, default_value_t = 256)]
         size: usize,
@@ -202,23 +208,24 @@ async fn main() {
             reps,
             count,
             batches,
+            concurrency,
+            batch_size,
             size,
             json,
         } => {
-            let workloads = [
-                Workload::Single {
-                    concurrency: 1,
-                    count,
-                },
-                Workload::Single {
-                    concurrency: 64,
-                    count: count * 4,
-                },
-                Workload::Batch {
-                    size: 1000,
-                    batches,
-                },
-            ];
+            let singles = concurrency
+                .iter()
+                .filter(|c| **c > 0)
+                .map(|&c| Workload::Single {
+                    concurrency: c,
+                    // More events when more are in flight, so each run lasts about as long.
+                    count: if c > 1 { count * 4 } else { count },
+                });
+            let batched = batch_size
+                .iter()
+                .filter(|n| **n > 0)
+                .map(|&n| Workload::Batch { size: n, batches });
+            let workloads: Vec<Workload> = singles.chain(batched).collect();
             let mut rows = Vec::new();
             let mut failed = false;
             for t in &targets {
