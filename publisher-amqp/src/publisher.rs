@@ -9,7 +9,7 @@ use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Connection, PublisherConfirm};
 use publisher_core::{
-    Backend, Error, ErrorKind, Event, Health, Lifecycle, Position, Receipt, Result, Teardown,
+    Backend, Error, ErrorKind, Event, Health, Lifecycle, Position, Result, Teardown,
 };
 
 use crate::BACKEND;
@@ -228,9 +228,9 @@ impl Inner {
             .map_err(from_lapin)
     }
 
-    fn confirmed(&self, event: &Event, confirmation: Confirmation) -> Result<Receipt> {
+    fn confirmed(&self, event: &Event, confirmation: Confirmation) -> Result<Position> {
         match confirmation {
-            Confirmation::Ack(None) => Ok(Receipt::new(event, Position::None)),
+            Confirmation::Ack(None) => Ok(Position::None),
             Confirmation::Ack(Some(returned)) => Err(Error::new(
                 ErrorKind::Rejected,
                 BACKEND,
@@ -259,7 +259,7 @@ impl Inner {
         }
     }
 
-    async fn publish(&self, event: &Event) -> Result<Receipt> {
+    async fn publish(&self, event: &Event) -> Result<Position> {
         validate(event)?;
         let channel = self.channel().await?;
         let confirm = self.send(&channel, event).await?;
@@ -267,7 +267,7 @@ impl Inner {
         self.confirmed(event, confirmation)
     }
 
-    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Position>>> {
         let checks: Vec<Result<()>> = events.iter().map(validate).collect();
         if checks.iter().all(Result::is_err) {
             return Ok(checks
@@ -354,11 +354,11 @@ impl Backend for Inner {
         validate(event)
     }
 
-    async fn publish(&self, event: &Event) -> Result<Receipt> {
+    async fn publish(&self, event: &Event) -> Result<Position> {
         Inner::publish(self, event).await
     }
 
-    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Position>>> {
         Inner::publish_batch(self, events).await
     }
 

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Event, Health, Receipt, Result, Teardown};
+use crate::{Event, Health, Position, Result, Teardown};
 
 /// What a broker backend supplies; the gate supplies everything else.
 ///
@@ -34,20 +34,22 @@ pub trait Backend: Send + Sync + 'static {
     /// `InvalidEvent` naming the field.
     fn check(&self, event: &Event) -> Result<()>;
 
-    /// Publishes one event and waits for the broker's confirmation.
+    /// Publishes one event and waits for the broker's confirmation; returns where the broker
+    /// put it (the gate turns it into the [`Receipt`](crate::Receipt), taking the event's topic
+    /// without a copy).
     ///
     /// # Errors
     /// As [`Publisher::publish`](crate::Publisher::publish).
-    fn publish(&self, event: &Event) -> impl Future<Output = Result<Receipt>> + Send;
+    fn publish(&self, event: &Event) -> impl Future<Output = Result<Position>> + Send;
 
-    /// Publishes a batch: one result per event, or an error for the whole batch.
+    /// Publishes a batch: one result per event, in order, or an error for the whole batch.
     ///
     /// # Errors
     /// When the batch could not be sent at all.
     fn publish_batch(
         &self,
         events: &[Event],
-    ) -> impl Future<Output = Result<Vec<Result<Receipt>>>> + Send;
+    ) -> impl Future<Output = Result<Vec<Result<Position>>>> + Send;
 
     /// Checks the broker, bounded by the health timeout.
     fn health(&self) -> impl Future<Output = Health> + Send;
@@ -75,13 +77,15 @@ macro_rules! gated_publisher {
 
             async fn publish(&self, event: $crate::Event) -> $crate::Result<$crate::Receipt> {
                 let inner = &*self.inner;
-                self.lifecycle
+                let position = self
+                    .lifecycle
                     .run(
                         $crate::backend::Backend::publish_timeout(inner),
                         "publish",
                         $crate::backend::Backend::publish(inner, &event),
                     )
-                    .await
+                    .await?;
+                Ok($crate::Receipt::from_event(event, position))
             }
 
             async fn publish_batch(&self, events: Vec<$crate::Event>) -> $crate::BatchOutcome {
@@ -92,7 +96,15 @@ macro_rules! gated_publisher {
                         "batch publish",
                         &events,
                         |e| $crate::backend::Backend::check(inner, e),
-                        $crate::backend::Backend::publish_batch(inner, &events),
+                        async {
+                            let positions =
+                                $crate::backend::Backend::publish_batch(inner, &events).await?;
+                            Ok(positions
+                                .into_iter()
+                                .zip(&events)
+                                .map(|(p, e)| p.map(|p| $crate::Receipt::new(e, p)))
+                                .collect())
+                        },
                     )
                     .await
             }

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use publisher_core::{
-    Backend, Error, ErrorKind, Event, Health, Lifecycle, Position, Receipt, Result, Teardown,
+    Backend, Error, ErrorKind, Event, Health, Lifecycle, Position, Result, Teardown,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer, PurgeConfig};
@@ -119,18 +119,14 @@ impl KafkaPublisher {
 }
 
 fn delivered(
-    event_id: &Event,
     r: rdkafka::producer::future_producer::OwnedDeliveryResult,
     max: usize,
-) -> Result<Receipt> {
+) -> Result<Position> {
     match r {
-        Ok(d) => Ok(Receipt::new(
-            event_id,
-            Position::Partition {
-                partition: d.partition,
-                offset: d.offset,
-            },
-        )),
+        Ok(d) => Ok(Position::Partition {
+            partition: d.partition,
+            offset: d.offset,
+        }),
         Err((e, _)) => Err(from_kafka(e, max)),
     }
 }
@@ -148,13 +144,13 @@ impl Inner {
         self.config.max_message_bytes
     }
 
-    async fn publish(&self, event: &Event) -> Result<Receipt> {
+    async fn publish(&self, event: &Event) -> Result<Position> {
         validate(event, self.max())?;
         let producer = self.producer()?;
         let r = producer
             .send(record(event), Timeout::After(self.config.timeouts.publish))
             .await;
-        delivered(event, r, self.max())
+        delivered(r, self.max())
     }
 
     /// Enqueues one record, waiting (bounded by `deadline`) while the local queue is full.
@@ -180,27 +176,24 @@ impl Inner {
         }
     }
 
-    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Position>>> {
         let producer = self.producer()?;
         let deadline = Instant::now() + self.config.timeouts.publish;
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
             pending.push(self.enqueue(&producer, event, deadline).await);
         }
-        let reports = pending
-            .into_iter()
-            .zip(events)
-            .map(|(p, event)| async move {
-                let future = p?;
-                match future.await {
-                    Ok(r) => delivered(event, r, self.max()),
-                    Err(_) => Err(Error::new(
-                        ErrorKind::Closed,
-                        BACKEND,
-                        "the producer was closed before the delivery report arrived",
-                    )),
-                }
-            });
+        let reports = pending.into_iter().map(|p| async move {
+            let future = p?;
+            match future.await {
+                Ok(r) => delivered(r, self.max()),
+                Err(_) => Err(Error::new(
+                    ErrorKind::Closed,
+                    BACKEND,
+                    "the producer was closed before the delivery report arrived",
+                )),
+            }
+        });
         Ok(futures::future::join_all(reports).await)
     }
 
@@ -277,11 +270,11 @@ impl Backend for Inner {
         validate(event, self.max())
     }
 
-    async fn publish(&self, event: &Event) -> Result<Receipt> {
+    async fn publish(&self, event: &Event) -> Result<Position> {
         Inner::publish(self, event).await
     }
 
-    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Position>>> {
         Inner::publish_batch(self, events).await
     }
 

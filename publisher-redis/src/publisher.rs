@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use deadpool::Runtime;
 use publisher_core::envelope;
 use publisher_core::{
-    Backend, Error, ErrorKind, Event, Health, Lifecycle, Position, Receipt, Result, Teardown,
+    Backend, Error, ErrorKind, Event, Health, Lifecycle, Position, Result, Teardown,
 };
 use redis::{AsyncConnectionConfig, Client, RedisResult};
 
@@ -230,8 +230,8 @@ impl Inner {
         }
     }
 
-    /// Turns Redis's reply to one command into a receipt.
-    fn receipt(&self, event: &Event, reply: RedisResult<redis::Value>) -> Result<Receipt> {
+    /// Turns Redis's reply to one command into the event's position.
+    fn position(&self, event: &Event, reply: RedisResult<redis::Value>) -> Result<Position> {
         let value = reply.map_err(from_redis)?;
         let position = match self.config.mode {
             Mode::Stream => Position::StreamEntry(
@@ -253,10 +253,10 @@ impl Inner {
                 Position::Receivers(n)
             }
         };
-        Ok(Receipt::new(event, position))
+        Ok(position)
     }
 
-    async fn publish(&self, event: &Event) -> Result<Receipt> {
+    async fn publish(&self, event: &Event) -> Result<Position> {
         self.check(event)?;
         let cmd = self.command(event);
         let mut conn = self.source.get(&self.config.pool).await?;
@@ -265,10 +265,10 @@ impl Inner {
             Err(e) if broken(e) => conn.discard(),
             _ => conn.touch(),
         }
-        self.receipt(event, reply)
+        self.position(event, reply)
     }
 
-    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Position>>> {
         let checks: Vec<Result<()>> = events.iter().map(|e| self.check(e)).collect();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -301,7 +301,7 @@ impl Inner {
                         "pipeline returned fewer replies than commands",
                     )))
                 });
-                self.receipt(event, reply)
+                self.position(event, reply)
             })
             .collect())
     }
@@ -368,11 +368,11 @@ impl Backend for Inner {
         Inner::check(self, event)
     }
 
-    async fn publish(&self, event: &Event) -> Result<Receipt> {
+    async fn publish(&self, event: &Event) -> Result<Position> {
         Inner::publish(self, event).await
     }
 
-    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Position>>> {
         Inner::publish_batch(self, events).await
     }
 
