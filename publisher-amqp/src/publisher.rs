@@ -37,6 +37,9 @@ struct Inner {
     pool: ChannelPool,
     /// The channel the pool handed out last, shared by publishes while it is open.
     current: std::sync::Mutex<Option<lapin::Channel>>,
+    /// One publish at a time replaces the shared channel; the others wait for it rather than
+    /// each opening a channel.
+    replacing: tokio::sync::Mutex<()>,
 }
 
 /// Builds an [`AmqpPublisher`]. Setters never fail; [`AmqpPublisherBuilder::build`] validates
@@ -139,6 +142,7 @@ impl AmqpPublisherBuilder {
                 link,
                 pool,
                 current: std::sync::Mutex::new(None),
+                replacing: tokio::sync::Mutex::new(()),
             }),
             lifecycle,
         })
@@ -201,6 +205,10 @@ impl Inner {
     }
 
     async fn checkout(&self) -> Result<lapin::Channel> {
+        let _replacing = self.replacing.lock().await;
+        if let Some(c) = self.current().as_ref().filter(|c| c.status().connected()) {
+            return Ok(c.clone());
+        }
         let slot = self
             .pool
             .timeout_get(&self.pool_timeouts())

@@ -158,6 +158,9 @@ pub(crate) enum Source {
 pub(crate) struct Owned {
     pool: Pool,
     current: Mutex<Option<PooledConnection>>,
+    /// One publish at a time replaces the shared connection; the others wait for it rather
+    /// than each opening a connection (a burst of publishes on a cold publisher opens one).
+    replacing: tokio::sync::Mutex<()>,
 }
 
 impl Owned {
@@ -165,6 +168,7 @@ impl Owned {
         Self {
             pool,
             current: Mutex::new(None),
+            replacing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -258,6 +262,10 @@ impl Source {
         };
         match self {
             Source::Owned(o) => {
+                let _replacing = o.replacing.lock().await;
+                if let Some(c) = o.fresh() {
+                    return Ok(Conn::Shared(c));
+                }
                 let slot = o.pool.timeout_get(&timeouts).await.map_err(from_pool)?;
                 let conn = (*slot).clone();
                 *o.current() = Some(conn.clone());
