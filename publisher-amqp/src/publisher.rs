@@ -36,7 +36,7 @@ struct Inner {
     link: Arc<Link>,
     pool: ChannelPool,
     /// The channel the pool handed out last, shared by publishes while it is open.
-    current: std::sync::Mutex<Option<lapin::Channel>>,
+    current: std::sync::Mutex<Option<Arc<lapin::Channel>>>,
     /// One publish at a time replaces the shared channel; the others wait for it rather than
     /// each opening a channel.
     replacing: tokio::sync::Mutex<()>,
@@ -186,7 +186,7 @@ impl Inner {
         }
     }
 
-    fn current(&self) -> std::sync::MutexGuard<'_, Option<lapin::Channel>> {
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<Arc<lapin::Channel>>> {
         // Guards one Option; never held across an await or a panic-prone call.
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -195,7 +195,7 @@ impl Inner {
     /// the channel the pool handed out last while it is open, instead of queueing for channels
     /// (`pool.max_size` bounds the channels opened, not the publishes in flight); the pool,
     /// which opens and checks channels, is asked only when that channel closed.
-    async fn channel(&self) -> Result<lapin::Channel> {
+    async fn channel(&self) -> Result<Arc<lapin::Channel>> {
         if let Some(c) = self.current().as_ref().filter(|c| c.status().connected()) {
             return Ok(c.clone());
         }
@@ -204,7 +204,7 @@ impl Inner {
         Box::pin(self.checkout()).await
     }
 
-    async fn checkout(&self) -> Result<lapin::Channel> {
+    async fn checkout(&self) -> Result<Arc<lapin::Channel>> {
         let _replacing = self.replacing.lock().await;
         if let Some(c) = self.current().as_ref().filter(|c| c.status().connected()) {
             return Ok(c.clone());
@@ -214,7 +214,8 @@ impl Inner {
             .timeout_get(&self.pool_timeouts())
             .await
             .map_err(from_pool)?;
-        let channel = (*slot).clone();
+        // Shared behind one Arc: a lapin channel's own clone copies a dozen handles.
+        let channel = Arc::new((*slot).clone());
         *self.current() = Some(channel.clone());
         Ok(channel)
     }

@@ -265,23 +265,33 @@ impl Lifecycle {
     {
         let _guard = self.enter()?;
         let mut fut = std::pin::pin!(fut);
-        // A publish that completes on its first poll (a buffered console write) needs neither
-        // a timer nor a watch for abandonment.
-        if let Poll::Ready(r) = futures::poll!(fut.as_mut()) {
-            return r;
-        }
-        tokio::select! {
-            biased;
-            () = self.inner.abandon.cancelled() => Err(Error::new(
-                ErrorKind::Closed,
-                self.inner.backend,
-                format!("{what} abandoned: the close deadline passed before the broker confirmed"),
-            )),
-            r = tokio::time::timeout(timeout, fut) => match r {
-                Ok(r) => r,
-                Err(_) => Err(Error::timeout(self.inner.backend, what, timeout)),
-            },
-        }
+        // Neither the timer nor the abandonment watch is registered until their first poll,
+        // which comes only once the publish is pending: a publish that completes on its first
+        // poll (a buffered console write) never touches them.
+        let mut timer = std::pin::pin!(tokio::time::sleep(timeout));
+        let mut abandoned = std::pin::pin!(self.inner.abandon.cancelled());
+        // The publish is polled first and once per wake-up: polling a pending client future
+        // again for nothing (as `select!` after a first poll would) costs real work in some
+        // clients (lapin registers a new listener on every poll).
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            if abandoned.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(Error::new(
+                    ErrorKind::Closed,
+                    self.inner.backend,
+                    format!(
+                        "{what} abandoned: the close deadline passed before the broker confirmed"
+                    ),
+                )));
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(Error::timeout(self.inner.backend, what, timeout)));
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Runs one batch through the gate like [`Lifecycle::run`]. When the batch as a whole fails
