@@ -29,8 +29,8 @@ struct Cli {
 enum Command {
     /// Raw client vs `Box<dyn Publisher>`, side by side.
     Run {
-        /// Repetitions of each pair.
-        #[arg(long, default_value_t = 3)]
+        /// Repetitions of each pair (the ratio reported is their median).
+        #[arg(long, default_value_t = 5)]
         reps: usize,
         /// Single publishes per run at concurrency 1 (four times as many at higher ones).
         #[arg(long, default_value_t = 5_000)]
