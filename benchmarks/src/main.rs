@@ -256,6 +256,22 @@ async fn main() {
             }
             i32::from(failed)
         }
+        Command::Soak { events, cycles } if targets.len() > 1 => {
+            // RSS is the process's: after one backend's soak the allocator keeps (or returns)
+            // memory the next backend's baseline would be measured against. Each backend is
+            // soaked in a process of its own.
+            let mut failed = false;
+            for t in &targets {
+                let status = std::process::Command::new(
+                    std::env::current_exe().expect("the benchmark's own path"),
+                )
+                .args(["--backend", &t.backend.to_string(), "soak"])
+                .args(["--events", &events.to_string(), "--cycles", &cycles.to_string()])
+                .status();
+                failed |= !status.is_ok_and(|s| s.success());
+            }
+            i32::from(failed)
+        }
         Command::Soak { events, cycles } => {
             let mut failed = false;
             for t in targets {
