@@ -266,7 +266,12 @@ async fn main() {
                     std::env::current_exe().expect("the benchmark's own path"),
                 )
                 .args(["--backend", &t.backend.to_string(), "soak"])
-                .args(["--events", &events.to_string(), "--cycles", &cycles.to_string()])
+                .args([
+                    "--events",
+                    &events.to_string(),
+                    "--cycles",
+                    &cycles.to_string(),
+                ])
                 .status();
                 failed |= !status.is_ok_and(|s| s.success());
             }
