@@ -191,13 +191,21 @@ impl Inner {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The shared channel, if it is still open.
+    fn open_channel(&self) -> Option<Arc<lapin::Channel>> {
+        self.current()
+            .as_ref()
+            .filter(|c| c.status().connected())
+            .cloned()
+    }
+
     /// A confirm-mode channel. lapin channels take concurrent publishes, so publishes share
     /// the channel the pool handed out last while it is open, instead of queueing for channels
     /// (`pool.max_size` bounds the channels opened, not the publishes in flight); the pool,
     /// which opens and checks channels, is asked only when that channel closed.
     async fn channel(&self) -> Result<Arc<lapin::Channel>> {
-        if let Some(c) = self.current().as_ref().filter(|c| c.status().connected()) {
-            return Ok(c.clone());
+        if let Some(c) = self.open_channel() {
+            return Ok(c);
         }
         // The pool's futures are large (they hold connecting and opening a channel): boxed, so
         // that only this path pays for them and every publish's future stays small.
@@ -206,8 +214,8 @@ impl Inner {
 
     async fn checkout(&self) -> Result<Arc<lapin::Channel>> {
         let _replacing = self.replacing.lock().await;
-        if let Some(c) = self.current().as_ref().filter(|c| c.status().connected()) {
-            return Ok(c.clone());
+        if let Some(c) = self.open_channel() {
+            return Ok(c);
         }
         let slot = self
             .pool
@@ -266,6 +274,35 @@ impl Inner {
                 "the channel is not in confirm mode; refusing to report an unconfirmed publish",
             )),
         }
+    }
+
+    async fn teardown(&self, remaining: Duration) {
+        let limit = remaining.max(Duration::from_millis(200));
+        self.current().take();
+        let removed = self.pool.retain(|_, _| false).removed;
+        self.pool.close();
+        let closing = removed
+            .into_iter()
+            .filter(|c| c.status().connected())
+            .map(|c| async move {
+                let _ = tokio::time::timeout(limit, c.close(200, "publisher closed".into())).await;
+            });
+        futures::future::join_all(closing).await;
+        self.link.close(limit).await;
+    }
+}
+
+impl Backend for Inner {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn publish_timeout(&self) -> Duration {
+        self.config.timeouts.publish
+    }
+
+    fn check(&self, event: &Event) -> Result<()> {
+        validate(event)
     }
 
     async fn publish(&self, event: &Event) -> Result<Position> {
@@ -332,47 +369,6 @@ impl Inner {
                 ),
             ),
         }
-    }
-
-    async fn teardown(&self, remaining: Duration) {
-        let limit = remaining.max(Duration::from_millis(200));
-        self.current().take();
-        let removed = self.pool.retain(|_, _| false).removed;
-        self.pool.close();
-        let closing = removed
-            .into_iter()
-            .filter(|c| c.status().connected())
-            .map(|c| async move {
-                let _ = tokio::time::timeout(limit, c.close(200, "publisher closed".into())).await;
-            });
-        futures::future::join_all(closing).await;
-        self.link.close(limit).await;
-    }
-}
-
-impl Backend for Inner {
-    fn name(&self) -> &'static str {
-        BACKEND
-    }
-
-    fn publish_timeout(&self) -> Duration {
-        self.config.timeouts.publish
-    }
-
-    fn check(&self, event: &Event) -> Result<()> {
-        validate(event)
-    }
-
-    async fn publish(&self, event: &Event) -> Result<Position> {
-        Inner::publish(self, event).await
-    }
-
-    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Position>>> {
-        Inner::publish_batch(self, events).await
-    }
-
-    async fn health(&self) -> Health {
-        Inner::health(self).await
     }
 
     async fn teardown(self: Arc<Self>, td: Teardown) -> Result<usize> {

@@ -144,15 +144,6 @@ impl Inner {
         self.config.max_message_bytes
     }
 
-    async fn publish(&self, event: &Event) -> Result<Position> {
-        validate(event, self.max())?;
-        let producer = self.producer()?;
-        let r = producer
-            .send(record(event), Timeout::After(self.config.timeouts.publish))
-            .await;
-        delivered(r, self.max())
-    }
-
     /// Enqueues one record, waiting (bounded by `deadline`) while the local queue is full.
     async fn enqueue(
         &self,
@@ -173,55 +164,6 @@ impl Inner {
                 }
                 Err((e, _)) => return Err(from_kafka(e, self.max())),
             }
-        }
-    }
-
-    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Position>>> {
-        let producer = self.producer()?;
-        let deadline = Instant::now() + self.config.timeouts.publish;
-        let mut pending = Vec::with_capacity(events.len());
-        for event in events {
-            pending.push(self.enqueue(&producer, event, deadline).await);
-        }
-        let reports = pending.into_iter().map(|p| async move {
-            let future = p?;
-            match future.await {
-                Ok(r) => delivered(r, self.max()),
-                Err(_) => Err(Error::new(
-                    ErrorKind::Closed,
-                    BACKEND,
-                    "the producer was closed before the delivery report arrived",
-                )),
-            }
-        });
-        Ok(futures::future::join_all(reports).await)
-    }
-
-    async fn health(&self) -> Health {
-        let producer = match self.producer() {
-            Ok(p) => p,
-            Err(_) => return Health::closed(BACKEND),
-        };
-        let timeout = self.config.timeouts.health;
-        let started = Instant::now();
-        let fetch = tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, Timeout::After(timeout))
-                .map(|m| m.brokers().len())
-        });
-        match tokio::time::timeout(timeout + Duration::from_millis(200), fetch).await {
-            Ok(Ok(Ok(brokers))) => Health::healthy(
-                BACKEND,
-                Some(started.elapsed()),
-                format!("{brokers} broker(s)"),
-            ),
-            Ok(Ok(Err(e))) => Health::unhealthy(BACKEND, format!("metadata request failed: {e}")),
-            Ok(Err(e)) => Health::unhealthy(BACKEND, format!("health task failed: {e}")),
-            Err(_) => Health::unhealthy(
-                BACKEND,
-                format!("no metadata within the health timeout ({timeout:?})"),
-            ),
         }
     }
 
@@ -271,15 +213,61 @@ impl Backend for Inner {
     }
 
     async fn publish(&self, event: &Event) -> Result<Position> {
-        Inner::publish(self, event).await
+        validate(event, self.max())?;
+        let producer = self.producer()?;
+        let r = producer
+            .send(record(event), Timeout::After(self.config.timeouts.publish))
+            .await;
+        delivered(r, self.max())
     }
 
     async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Position>>> {
-        Inner::publish_batch(self, events).await
+        let producer = self.producer()?;
+        let deadline = Instant::now() + self.config.timeouts.publish;
+        let mut pending = Vec::with_capacity(events.len());
+        for event in events {
+            pending.push(self.enqueue(&producer, event, deadline).await);
+        }
+        let reports = pending.into_iter().map(|p| async move {
+            let future = p?;
+            match future.await {
+                Ok(r) => delivered(r, self.max()),
+                Err(_) => Err(Error::new(
+                    ErrorKind::Closed,
+                    BACKEND,
+                    "the producer was closed before the delivery report arrived",
+                )),
+            }
+        });
+        Ok(futures::future::join_all(reports).await)
     }
 
     async fn health(&self) -> Health {
-        Inner::health(self).await
+        let producer = match self.producer() {
+            Ok(p) => p,
+            Err(_) => return Health::closed(BACKEND),
+        };
+        let timeout = self.config.timeouts.health;
+        let started = Instant::now();
+        let fetch = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Timeout::After(timeout))
+                .map(|m| m.brokers().len())
+        });
+        match tokio::time::timeout(timeout + Duration::from_millis(200), fetch).await {
+            Ok(Ok(Ok(brokers))) => Health::healthy(
+                BACKEND,
+                Some(started.elapsed()),
+                format!("{brokers} broker(s)"),
+            ),
+            Ok(Ok(Err(e))) => Health::unhealthy(BACKEND, format!("metadata request failed: {e}")),
+            Ok(Err(e)) => Health::unhealthy(BACKEND, format!("health task failed: {e}")),
+            Err(_) => Health::unhealthy(
+                BACKEND,
+                format!("no metadata within the health timeout ({timeout:?})"),
+            ),
+        }
     }
 
     async fn teardown(self: Arc<Self>, td: Teardown) -> Result<usize> {

@@ -85,6 +85,13 @@ impl PooledConnection {
     fn is_fresh(&self) -> bool {
         !self.is_broken() && self.idle() < VERIFY_IDLE_AFTER
     }
+
+    /// Records that the server answered.
+    fn touch(&self) {
+        self.health
+            .replied_ms
+            .store(self.since_opened(), Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for PooledConnection {
@@ -111,7 +118,7 @@ impl managed::Manager for RedisManager {
     async fn recycle(
         &self,
         pooled: &mut PooledConnection,
-        metrics: &Metrics,
+        _: &Metrics,
     ) -> RecycleResult<RedisError> {
         if pooled.is_broken() {
             return Err(RecycleError::message("the connection failed; replacing it"));
@@ -119,8 +126,10 @@ impl managed::Manager for RedisManager {
         // A connection that answered a moment ago is handed out again without a round trip
         // (publishers discard a connection that failed at the connection level, see
         // `Conn::discard`); one idle for longer is checked with a PING, so connections broken
-        // while idle (a Redis restart) are replaced before anyone publishes on them.
-        if pooled.idle() < VERIFY_IDLE_AFTER || metrics.last_used() < VERIFY_IDLE_AFTER {
+        // while idle (a Redis restart) are replaced before anyone publishes on them. Its own
+        // record of replies is what counts: publishes use the shared connection without
+        // checking it out, so the pool's last-use time is stale.
+        if pooled.idle() < VERIFY_IDLE_AFTER {
             return Ok(());
         }
         let n = self.pings.fetch_add(1, Ordering::Relaxed).to_string();
@@ -229,14 +238,6 @@ impl Conn {
             Conn::Shared(p) => &mut p.conn,
             Conn::Lent(c) => c.deref_mut(),
         }
-    }
-}
-
-impl PooledConnection {
-    fn touch(&self) {
-        self.health
-            .replied_ms
-            .store(self.since_opened(), Ordering::Relaxed);
     }
 }
 

@@ -256,56 +256,6 @@ impl Inner {
         Ok(position)
     }
 
-    async fn publish(&self, event: &Event) -> Result<Position> {
-        self.check(event)?;
-        let cmd = self.command(event);
-        let mut conn = self.source.get(&self.config.pool).await?;
-        let reply = cmd.query_async::<redis::Value>(conn.get()).await;
-        match &reply {
-            Err(e) if broken(e) => conn.discard(),
-            _ => conn.touch(),
-        }
-        self.position(event, reply)
-    }
-
-    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Position>>> {
-        let checks: Vec<Result<()>> = events.iter().map(|e| self.check(e)).collect();
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for (event, check) in events.iter().zip(&checks) {
-            if check.is_ok() {
-                pipe.add_command(self.command(event));
-            }
-        }
-        let mut replies = if checks.iter().any(Result::is_ok) {
-            let mut conn = self.source.get(&self.config.pool).await?;
-            let replies = pipe
-                .query_async::<Vec<RedisResult<redis::Value>>>(conn.get())
-                .await;
-            match &replies {
-                Err(e) if broken(e) => conn.discard(),
-                _ => conn.touch(),
-            }
-            replies.map_err(from_redis)?.into_iter()
-        } else {
-            Vec::new().into_iter()
-        };
-        Ok(events
-            .iter()
-            .zip(checks)
-            .map(|(event, check)| {
-                check?;
-                let reply = replies.next().unwrap_or_else(|| {
-                    Err(redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "pipeline returned fewer replies than commands",
-                    )))
-                });
-                self.position(event, reply)
-            })
-            .collect())
-    }
-
     async fn ping(&self) -> Health {
         let started = Instant::now();
         let check = async {
@@ -369,11 +319,53 @@ impl Backend for Inner {
     }
 
     async fn publish(&self, event: &Event) -> Result<Position> {
-        Inner::publish(self, event).await
+        self.check(event)?;
+        let cmd = self.command(event);
+        let mut conn = self.source.get(&self.config.pool).await?;
+        let reply = cmd.query_async::<redis::Value>(conn.get()).await;
+        match &reply {
+            Err(e) if broken(e) => conn.discard(),
+            _ => conn.touch(),
+        }
+        self.position(event, reply)
     }
 
     async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Position>>> {
-        Inner::publish_batch(self, events).await
+        let checks: Vec<Result<()>> = events.iter().map(|e| self.check(e)).collect();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (event, check) in events.iter().zip(&checks) {
+            if check.is_ok() {
+                pipe.add_command(self.command(event));
+            }
+        }
+        let mut replies = if checks.iter().any(Result::is_ok) {
+            let mut conn = self.source.get(&self.config.pool).await?;
+            let replies = pipe
+                .query_async::<Vec<RedisResult<redis::Value>>>(conn.get())
+                .await;
+            match &replies {
+                Err(e) if broken(e) => conn.discard(),
+                _ => conn.touch(),
+            }
+            replies.map_err(from_redis)?.into_iter()
+        } else {
+            Vec::new().into_iter()
+        };
+        Ok(events
+            .iter()
+            .zip(checks)
+            .map(|(event, check)| {
+                check?;
+                let reply = replies.next().unwrap_or_else(|| {
+                    Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "pipeline returned fewer replies than commands",
+                    )))
+                });
+                self.position(event, reply)
+            })
+            .collect())
     }
 
     async fn health(&self) -> Health {

@@ -200,6 +200,34 @@ async fn owned_pool_multiplexes_concurrent_publishes_on_one_connection() {
     }
     // One pooled connection carried all 64 (CLIENT LIST: it and the asking connection).
     assert_eq!(support::client_count(&server.url()).await, 1);
+    let mut conn = client_conn(&server.url()).await;
+    assert_eq!(read_stream(&mut conn, "multiplexed").await.len(), 64);
+    publisher.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_connection_broken_while_idle_is_replaced_before_the_next_publish() {
+    let mut server = RedisServer::start().await;
+    let mut cfg = config(&server.url(), Mode::Stream);
+    cfg.timeouts = tight_timeouts();
+    let publisher = RedisPublisher::builder().config(cfg).build().unwrap();
+    publisher
+        .publish(Event::text("idle", "before"))
+        .await
+        .unwrap();
+
+    server.kill();
+    server.restart().await;
+    // Idle for over a second: the shared connection is checked (PING) before it is used
+    // again, fails, and is replaced, so the publish succeeds instead of failing on it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let event = Event::text("idle", "after");
+    let id = event.id();
+    publisher.publish(event).await.unwrap();
+
+    let mut conn = client_conn(&server.url()).await;
+    let stored: Vec<_> = read_stream(&mut conn, "idle").await;
+    assert!(stored.iter().any(|e| e.id() == id), "{stored:?}");
     publisher.close().await.unwrap();
 }
 
