@@ -9,7 +9,7 @@ use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Connection, PublisherConfirm};
 use publisher_core::{
-    Backend, Error, ErrorKind, Event, Health, Lifecycle, Position, Result, Teardown,
+    Backend, BatchResults, Error, ErrorKind, Event, Health, Lifecycle, Position, Result, Teardown,
 };
 
 use crate::BACKEND;
@@ -313,28 +313,34 @@ impl Backend for Inner {
         self.confirmed(event, confirmation)
     }
 
-    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Position>>> {
-        let checks: Vec<Result<()>> = events.iter().map(validate).collect();
-        if checks.iter().all(Result::is_err) {
-            return Ok(checks
-                .into_iter()
-                .map(|c| c.map(|()| unreachable!()))
-                .collect());
+    async fn publish_batch(&self, events: &[Event], results: &BatchResults) -> Result<()> {
+        let mut valid = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            match validate(event) {
+                Ok(()) => valid.push(i),
+                Err(e) => results.set(i, Err(e)),
+            }
+        }
+        if valid.is_empty() {
+            return Ok(());
         }
         let channel = self.channel().await?;
-        let mut sent = Vec::with_capacity(events.len());
-        for (event, check) in events.iter().zip(checks) {
-            sent.push(match check {
-                Ok(()) => self.send(&channel, event).await,
-                Err(e) => Err(e),
-            });
+        let mut confirms = Vec::with_capacity(valid.len());
+        for i in valid {
+            match self.send(&channel, &events[i]).await {
+                Ok(confirm) => confirms.push((i, confirm)),
+                Err(e) => results.set(i, Err(e)),
+            }
         }
-        let confirms = sent.into_iter().zip(events).map(|(s, event)| async move {
-            let confirm = s?;
-            let confirmation = confirm.await.map_err(from_lapin)?;
-            self.confirmed(event, confirmation)
+        let confirms = confirms.into_iter().map(|(i, confirm)| async move {
+            let r = match confirm.await {
+                Ok(confirmation) => self.confirmed(&events[i], confirmation),
+                Err(e) => Err(from_lapin(e)),
+            };
+            results.set(i, r);
         });
-        Ok(futures::future::join_all(confirms).await)
+        futures::future::join_all(confirms).await;
+        Ok(())
     }
 
     async fn health(&self) -> Health {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use publisher_core::{
-    BatchOutcome, CloseReport, Error, ErrorKind, Event, Health, Lifecycle, Position, Publisher,
-    Receipt, Result, Timeouts,
+    BatchOutcome, BatchResults, CloseReport, Error, ErrorKind, Event, Health, Lifecycle, Position,
+    Publisher, Receipt, Result, Timeouts,
 };
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
@@ -284,9 +284,8 @@ impl ConsolePublisher {
         drain(&self.output, &self.pending, flush).await
     }
 
-    fn receipt(&self, event: &Event) -> Receipt {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        Receipt::new(event, Position::Sequence(seq))
+    fn position(&self) -> Position {
+        Position::Sequence(self.seq.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
     fn receipt_owned(&self, event: Event) -> Receipt {
@@ -366,23 +365,28 @@ impl Publisher for ConsolePublisher {
     }
 
     async fn publish_batch(&self, events: Vec<Event>) -> BatchOutcome {
+        let results = BatchResults::new(events.len());
         self.lifecycle
             .run_batch(
                 self.timeouts.publish,
                 "console batch write",
                 &events,
+                &results,
                 // Only used when the whole batch failed: keeps per-event errors per event.
                 |e| self.encode(e, &mut Vec::new()),
                 async {
-                    let encoded = self.append_all(&events);
-                    if encoded.iter().any(Result::is_ok) {
+                    let mut any = false;
+                    for (i, r) in self.append_all(&events).into_iter().enumerate() {
+                        match r {
+                            Ok(()) => any = true,
+                            Err(e) => results.set(i, Err(e)),
+                        }
+                    }
+                    if any {
                         self.drain(true).await?;
                     }
-                    Ok(events
-                        .iter()
-                        .zip(encoded)
-                        .map(|(e, r)| r.map(|()| self.receipt(e)))
-                        .collect())
+                    results.set_rest(|_| Ok(self.position()));
+                    Ok(())
                 },
             )
             .await

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Event, Health, Position, Result, Teardown};
+use crate::{BatchResults, Event, Health, Position, Result, Teardown};
 
 /// What a broker backend supplies; the gate supplies everything else.
 ///
@@ -42,14 +42,19 @@ pub trait Backend: Send + Sync + 'static {
     /// As [`Publisher::publish`](crate::Publisher::publish).
     fn publish(&self, event: &Event) -> impl Future<Output = Result<Position>> + Send;
 
-    /// Publishes a batch: one result per event, in order, or an error for the whole batch.
+    /// Publishes a batch, recording each event's result in `results` (by index, in the order
+    /// of `events`) as soon as the broker answers for it: a result recorded before the batch
+    /// times out or is abandoned is kept, the others get `OutcomeUnknown` from the gate.
     ///
     /// # Errors
-    /// When the batch could not be sent at all.
+    /// When the batch could not be sent at all: every event without a recorded result gets
+    /// this error (or its own [`Backend::check`] error). The error must say `OutcomeUnknown`
+    /// if any of those events may have reached the broker.
     fn publish_batch(
         &self,
         events: &[Event],
-    ) -> impl Future<Output = Result<Vec<Result<Position>>>> + Send;
+        results: &BatchResults,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Checks the broker, bounded by the health timeout.
     fn health(&self) -> impl Future<Output = Health> + Send;
@@ -90,21 +95,15 @@ macro_rules! gated_publisher {
 
             async fn publish_batch(&self, events: Vec<$crate::Event>) -> $crate::BatchOutcome {
                 let inner = &*self.inner;
+                let results = $crate::BatchResults::new(events.len());
                 self.lifecycle
                     .run_batch(
                         $crate::backend::Backend::publish_timeout(inner),
                         "batch publish",
                         &events,
+                        &results,
                         |e| $crate::backend::Backend::check(inner, e),
-                        async {
-                            let positions =
-                                $crate::backend::Backend::publish_batch(inner, &events).await?;
-                            Ok(positions
-                                .into_iter()
-                                .zip(&events)
-                                .map(|(p, e)| p.map(|p| $crate::Receipt::new(e, p)))
-                                .collect())
-                        },
+                        $crate::backend::Backend::publish_batch(inner, &events, &results),
                     )
                     .await
             }

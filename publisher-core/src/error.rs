@@ -7,6 +7,15 @@ use std::sync::Arc;
 /// What went wrong, in terms a caller can act on.
 ///
 /// The kind decides [`Error::is_retryable`]'s default. New kinds may be added in minor releases.
+///
+/// # What the broker holds
+/// Every kind but [`ErrorKind::OutcomeUnknown`] means the broker does not hold the event: it was
+/// refused before sending ([`Config`](ErrorKind::Config), [`InvalidEvent`](ErrorKind::InvalidEvent),
+/// [`Closed`](ErrorKind::Closed), [`Unavailable`](ErrorKind::Unavailable),
+/// [`Connect`](ErrorKind::Connect), [`Timeout`](ErrorKind::Timeout) of a wait that came before
+/// sending), or the broker said it did not take it ([`Rejected`](ErrorKind::Rejected)).
+/// `OutcomeUnknown` is the only failure after which the event may be at the broker: retrying it
+/// may deliver it twice (consumers deduplicate by event id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -29,6 +38,11 @@ pub enum ErrorKind {
     Unavailable,
     /// Anything else the backend reported.
     Other,
+    /// The event may or may not be at the broker: it left (or may have left) for the broker,
+    /// and no confirmation came back — a publish timeout, a publish abandoned at the close
+    /// deadline, a connection or channel lost while the confirm was pending, a queued Kafka
+    /// record purged at close. Retryable; a retry may deliver the event twice.
+    OutcomeUnknown,
 }
 
 impl ErrorKind {
@@ -43,13 +57,23 @@ impl ErrorKind {
             ErrorKind::Rejected => "rejected",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Other => "other",
+            ErrorKind::OutcomeUnknown => "outcome_unknown",
         }
+    }
+
+    /// Whether the broker may hold the event after a failure of this kind (only
+    /// [`ErrorKind::OutcomeUnknown`]); every other kind means it does not.
+    pub fn is_outcome_unknown(self) -> bool {
+        self == ErrorKind::OutcomeUnknown
     }
 
     fn default_retryable(self) -> bool {
         matches!(
             self,
-            ErrorKind::Connect | ErrorKind::Timeout | ErrorKind::Unavailable
+            ErrorKind::Connect
+                | ErrorKind::Timeout
+                | ErrorKind::Unavailable
+                | ErrorKind::OutcomeUnknown
         )
     }
 }
@@ -135,6 +159,11 @@ impl Error {
         )
     }
 
+    /// An [`ErrorKind::OutcomeUnknown`] error: the broker may or may not hold the event.
+    pub fn outcome_unknown(backend: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::OutcomeUnknown, backend, message)
+    }
+
     /// Names the field (`timeouts.publish`, `topic`, `url`) this error is about.
     pub fn with_field(mut self, field: impl Into<Cow<'static, str>>) -> Self {
         self.field = Some(field.into());
@@ -184,6 +213,12 @@ impl Error {
     /// an exhausted pool). `Rejected`, `Config`, `InvalidEvent` and `Closed` are never retryable.
     pub fn is_retryable(&self) -> bool {
         self.retryable
+    }
+
+    /// Whether the broker may hold the event this error is about
+    /// ([`ErrorKind::OutcomeUnknown`]).
+    pub fn is_outcome_unknown(&self) -> bool {
+        self.kind.is_outcome_unknown()
     }
 
     /// Whether this is a [`ErrorKind::Closed`] error.
@@ -248,6 +283,9 @@ mod tests {
         assert!(Error::new(ErrorKind::Unavailable, "x", "t").is_retryable());
         assert!(!Error::new(ErrorKind::Rejected, "x", "t").is_retryable());
         assert!(!Error::closed("x").is_retryable());
+        let unknown = Error::outcome_unknown("x", "t");
+        assert!(unknown.is_retryable() && unknown.is_outcome_unknown());
+        assert!(!Error::closed("x").is_outcome_unknown());
         assert!(
             !Error::new(ErrorKind::Unavailable, "x", "t")
                 .with_retryable(false)

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod batch;
 pub mod config;
 pub mod envelope;
 pub mod error;
@@ -17,9 +18,12 @@ pub mod publisher;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg(feature = "testing")]
+mod testing_history;
+#[cfg(feature = "testing")]
 mod testing_proxy;
 
 pub use backend::Backend;
+pub use batch::BatchResults;
 pub use config::{PoolConfig, Timeouts};
 pub use error::{Error, ErrorKind, Result};
 pub use event::Event;

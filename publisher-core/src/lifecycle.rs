@@ -2,12 +2,14 @@
 //!
 //! A [`Lifecycle`] owns, once for all backends: the closed flag; the entry of each in-flight
 //! publish, refused with [`ErrorKind::Closed`] once closing starts; the
-//! drain of in-flight publishes with a deadline; the backend's background tasks (a
+//! drain of in-flight publishes with a deadline, after which what is still unconfirmed fails
+//! with [`ErrorKind::OutcomeUnknown`] (it may have reached the broker) and is counted, event by
+//! event, in the [`CloseReport`]; the backend's background tasks (a
 //! [`TaskTracker`] and a [`CancellationToken`]); and a once-only close whose [`CloseReport`]
 //! every concurrent or later caller receives. Backends supply only their teardown.
 //!
 //! Dropping a `Lifecycle` whose close never started logs one warning, cancels the background
-//! tasks and makes in-flight publishes fail with `Closed`.
+//! tasks and makes in-flight publishes fail with `OutcomeUnknown`.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -25,7 +27,7 @@
 //! ```
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
@@ -37,8 +39,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::Event;
+use crate::batch::BatchResults;
 use crate::error::{Error, ErrorKind, Result};
-use crate::outcome::CloseReport;
+use crate::outcome::{BatchOutcome, CloseReport};
 
 /// Extra time in-flight publishes get to observe their abandonment, and background tasks get to
 /// stop, once the close deadline has passed.
@@ -51,7 +55,8 @@ type CloseFuture = Shared<BoxFuture<'static, Result<CloseReport>>>;
 pub struct Teardown {
     /// When the close should be over; the teardown is cut off at this point (plus a short grace).
     pub deadline: Instant,
-    /// In-flight publishes the drain gave up on (they returned `Closed` to their callers).
+    /// Events in flight that the drain gave up on (they returned `OutcomeUnknown` to their
+    /// callers).
     pub abandoned_in_flight: usize,
 }
 
@@ -62,8 +67,9 @@ impl Teardown {
     }
 }
 
-/// The top bit of [`Inner::state`]: closing has started. The other bits count publishes in
-/// flight. One atomic, so admitting and finishing a publish takes no lock.
+/// The top bit of [`Inner::state`]: closing has started. The other bits count events in
+/// flight (a publish is one, a batch its length). One atomic, so admitting and finishing a
+/// publish takes no lock.
 const CLOSING: usize = 1 << (usize::BITS - 1);
 
 #[derive(Debug)]
@@ -75,6 +81,11 @@ struct Inner {
     idle: Notify,
     /// Cancelled when the drain deadline passes: in-flight publishes stop and fail.
     abandon: CancellationToken,
+    /// Set with `abandon`: read before every poll of a publish (the token's own flag takes a
+    /// lock).
+    abandoned: AtomicBool,
+    /// Events whose publish returned `OutcomeUnknown` because the drain gave up on them.
+    abandoned_events: AtomicUsize,
     /// Cancelled when closing (or dropped): background tasks stop.
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -91,11 +102,17 @@ impl Inner {
         self.state.fetch_or(CLOSING, Ordering::AcqRel) & !CLOSING
     }
 
-    /// Marks one publish finished, waking the drain when it was the last one.
-    fn exit(&self) {
-        if self.state.fetch_sub(1, Ordering::AcqRel) == CLOSING | 1 {
+    /// Marks `n` events finished, waking the drain when they were the last ones.
+    fn exit(&self, n: usize) {
+        if self.state.fetch_sub(n, Ordering::AcqRel) == CLOSING | n {
             self.idle.notify_waiters();
         }
+    }
+
+    /// Makes every in-flight publish stop at its next wake-up with `OutcomeUnknown`.
+    fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+        self.abandon.cancel();
     }
 
     /// Waits until nothing is in flight or `deadline` passes; returns what is still in flight.
@@ -128,14 +145,14 @@ impl Inner {
         );
 
         let mut remaining = self.wait_idle(deadline).await;
-        let abandoned_in_flight = remaining;
+        let mut abandoned_in_flight = 0;
         if remaining > 0 {
             tracing::warn!(
                 backend = self.backend,
-                abandoned = remaining,
-                "close deadline passed with publishes in flight; abandoning them"
+                in_flight = remaining,
+                "close deadline passed with events in flight; abandoning them (outcome unknown)"
             );
-            self.abandon.cancel();
+            self.abandon();
             remaining = self.wait_idle(Instant::now() + GRACE).await;
             if remaining > 0 {
                 tracing::warn!(
@@ -144,6 +161,10 @@ impl Inner {
                     "in-flight publishes did not stop within the grace period"
                 );
             }
+            // Counted by the publishes themselves as they gave up (a batch counts only its
+            // unconfirmed events); those that have not stopped yet will give up when next
+            // polled.
+            abandoned_in_flight = self.abandoned_events.load(Ordering::Acquire) + remaining;
         }
 
         self.shutdown.cancel();
@@ -194,16 +215,18 @@ pub struct Lifecycle {
     inner: Arc<Inner>,
 }
 
-/// Proof that one publish was admitted by the gate; dropping it marks the publish finished.
+/// Proof that a publish (of one event, or a batch of several) was admitted by the gate;
+/// dropping it marks its events finished.
 #[derive(Debug)]
 #[must_use = "the publish counts as in flight only while this guard lives"]
 pub struct InFlight {
     inner: Arc<Inner>,
+    events: usize,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.inner.exit();
+        self.inner.exit(self.events);
     }
 }
 
@@ -217,6 +240,8 @@ impl Lifecycle {
                 state: AtomicUsize::new(0),
                 idle: Notify::new(),
                 abandon: CancellationToken::new(),
+                abandoned: AtomicBool::new(false),
+                abandoned_events: AtomicUsize::new(0),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 close: OnceLock::new(),
@@ -234,28 +259,40 @@ impl Lifecycle {
         self.inner.state.load(Ordering::Acquire) & CLOSING != 0
     }
 
-    /// How many publishes are in flight.
+    /// How many events are in flight (a publish counts one, a batch its length).
     pub fn in_flight(&self) -> usize {
         self.inner.in_flight()
     }
 
-    /// Admits one publish.
+    /// Admits one publish of one event.
     ///
     /// # Errors
     /// [`ErrorKind::Closed`] once closing has started.
     pub fn enter(&self) -> Result<InFlight> {
-        if self.inner.state.fetch_add(1, Ordering::AcqRel) & CLOSING != 0 {
-            self.inner.exit();
+        self.enter_events(1)
+    }
+
+    /// Admits one publish of `events` events (a batch).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Closed`] once closing has started.
+    pub fn enter_events(&self, events: usize) -> Result<InFlight> {
+        if self.inner.state.fetch_add(events, Ordering::AcqRel) & CLOSING != 0 {
+            self.inner.exit(events);
             return Err(Error::closed(self.inner.backend));
         }
         Ok(InFlight {
             inner: self.inner.clone(),
+            events,
         })
     }
 
     /// Runs one publish through the gate: admitted or refused with `Closed`, bounded by
-    /// `timeout` (elapsed: [`ErrorKind::Timeout`] naming `what`), and stopped with `Closed` if
-    /// the close deadline passes while it is still in flight.
+    /// `timeout`, and stopped if the close deadline passes while it is still in flight.
+    ///
+    /// A publish that times out or is abandoned at the close deadline fails with
+    /// [`ErrorKind::OutcomeUnknown`] (its bytes may have left); once abandoned it is not polled
+    /// again, so nothing starts sending after the close deadline.
     ///
     /// # Cancel safety
     /// Dropping the returned future drops `fut` and releases the gate.
@@ -264,59 +301,111 @@ impl Lifecycle {
         Fut: Future<Output = Result<T>>,
     {
         let _guard = self.enter()?;
+        self.gated(timeout, what, fut, || 1).await
+    }
+
+    /// Polls `fut` under the publish timeout and the abandonment watch. `unconfirmed` says how
+    /// many events are still waiting for the broker when it is abandoned.
+    async fn gated<T, Fut>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        fut: Fut,
+        unconfirmed: impl Fn() -> usize,
+    ) -> Result<T>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
+        let inner = &*self.inner;
         let mut fut = std::pin::pin!(fut);
         // Neither the timer nor the abandonment watch is registered until their first poll,
         // which comes only once the publish is pending: a publish that completes on its first
         // poll (a buffered console write) never touches them.
         let mut timer = std::pin::pin!(tokio::time::sleep(timeout));
-        let mut abandoned = std::pin::pin!(self.inner.abandon.cancelled());
+        let mut abandoned = std::pin::pin!(inner.abandon.cancelled());
+        let give_up = || {
+            inner
+                .abandoned_events
+                .fetch_add(unconfirmed(), Ordering::AcqRel);
+            Poll::Ready(Err(Error::outcome_unknown(
+                inner.backend,
+                format!(
+                    "{what} abandoned: the close deadline passed before the broker confirmed \
+                     (the broker may or may not have it)"
+                ),
+            )))
+        };
         // The publish is polled first and once per wake-up: polling a pending client future
         // again for nothing (as `select!` after a first poll would) costs real work in some
-        // clients (lapin registers a new listener on every poll).
+        // clients (lapin registers a new listener on every poll). Abandonment is checked before
+        // every poll, so an abandoned publish never sends more.
         std::future::poll_fn(|cx| {
+            if inner.abandoned.load(Ordering::Acquire) {
+                return give_up();
+            }
             if let Poll::Ready(r) = fut.as_mut().poll(cx) {
                 return Poll::Ready(r);
             }
             if abandoned.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(Error::new(
-                    ErrorKind::Closed,
-                    self.inner.backend,
-                    format!(
-                        "{what} abandoned: the close deadline passed before the broker confirmed"
-                    ),
-                )));
+                return give_up();
             }
             if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(Error::timeout(self.inner.backend, what, timeout)));
+                return Poll::Ready(Err(Error::outcome_unknown(
+                    inner.backend,
+                    format!(
+                        "{what} timed out after {} before the broker confirmed (the broker may \
+                         or may not have it)",
+                        humantime::format_duration(timeout)
+                    ),
+                )));
             }
             Poll::Pending
         })
         .await
     }
 
-    /// Runs one batch through the gate like [`Lifecycle::run`]. When the batch as a whole fails
-    /// (refused, timed out, abandoned), each event gets `check`'s error if it has one, so that a
-    /// bad event is still reported as such, and the batch's error otherwise.
+    /// Runs one batch through the gate like [`Lifecycle::run`]; `fut` records each event's
+    /// result in `results` as the broker confirms it.
+    ///
+    /// The outcome keeps every result already recorded, whatever happens to the batch as a
+    /// whole: when it times out or is abandoned, only the events without a result get
+    /// `OutcomeUnknown`. When `fut` fails as a whole (or the gate refuses the batch), each
+    /// event without a result gets `check`'s error if it has one, so that a bad event is still
+    /// reported as such, and the batch's error otherwise.
     pub async fn run_batch<Fut>(
         &self,
         timeout: Duration,
         what: &str,
-        events: &[crate::Event],
-        check: impl Fn(&crate::Event) -> Result<()>,
+        events: &[Event],
+        results: &BatchResults,
+        check: impl Fn(&Event) -> Result<()>,
         fut: Fut,
-    ) -> crate::BatchOutcome
+    ) -> BatchOutcome
     where
-        Fut: Future<Output = Result<Vec<Result<crate::Receipt>>>>,
+        Fut: Future<Output = Result<()>>,
     {
-        match self.run(timeout, what, fut).await {
-            Ok(results) => crate::BatchOutcome::new(results),
-            Err(e) => crate::BatchOutcome::new(
-                events
-                    .iter()
-                    .map(|ev| check(ev).and(Err(e.clone())))
-                    .collect(),
-            ),
-        }
+        debug_assert_eq!(events.len(), results.len());
+        let failure = match self.enter_events(events.len()) {
+            Ok(_guard) => {
+                let unconfirmed = || {
+                    events
+                        .iter()
+                        .zip(results.iter())
+                        .filter(|(e, r)| r.is_none() && check(e).is_ok())
+                        .count()
+                };
+                self.gated(timeout, what, fut, unconfirmed).await.err()
+            }
+            Err(e) => Some(e),
+        };
+        results.to_outcome(events, |event| match &failure {
+            Some(e) => check(event).and(Err(e.clone())),
+            None => Err(Error::new(
+                ErrorKind::Other,
+                self.inner.backend,
+                "the backend returned no result for this event of the batch",
+            )),
+        })
     }
 
     /// A token cancelled when closing starts or the publisher is dropped; background tasks
@@ -346,7 +435,7 @@ impl Lifecycle {
     }
 
     /// Closes once: refuses new publishes, drains in-flight ones until the close timeout,
-    /// abandons the rest (they fail with `Closed`), stops background tasks, then runs
+    /// abandons the rest (they fail with `OutcomeUnknown`), stops background tasks, then runs
     /// `teardown` exactly once. `teardown` returns how many further messages it could not
     /// deliver (for example a producer queue purged at the deadline); they are added to
     /// [`CloseReport::abandoned`].
@@ -393,9 +482,9 @@ impl Drop for Lifecycle {
             backend = self.inner.backend,
             in_flight,
             "publisher dropped without close(): background tasks cancelled, unconfirmed publishes \
-             fail with Closed; call close() to drain in-flight publishes"
+             fail with OutcomeUnknown; call close() to drain in-flight publishes"
         );
-        self.inner.abandon.cancel();
+        self.inner.abandon();
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
     }
@@ -486,7 +575,7 @@ mod tests {
         assert_eq!(report.drained, 0);
         assert_eq!(report.abandoned, 3);
         let err = stuck.await.unwrap().unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Closed);
+        assert_eq!(err.kind(), ErrorKind::OutcomeUnknown);
         assert!(report.elapsed < Duration::from_secs(2));
     }
 
@@ -546,7 +635,7 @@ mod tests {
             })
             .await
             .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Timeout);
+        assert_eq!(err.kind(), ErrorKind::OutcomeUnknown);
         assert!(err.is_retryable());
         assert_eq!(lc.in_flight(), 0);
     }
@@ -604,6 +693,106 @@ mod tests {
         assert_eq!(warnings.len(), 1, "{logs}");
         assert!(warnings[0].contains("dropped without close"), "{logs}");
         assert!(warnings[0].contains("backend=\"dropped\""), "{logs}");
+    }
+
+    fn events(n: usize) -> Vec<Event> {
+        (0..n).map(|i| Event::text("t", i.to_string())).collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_times_out_keeps_the_results_already_known() {
+        let lc = Lifecycle::new("t", Duration::from_secs(1));
+        let events = events(3);
+        let results = BatchResults::new(3);
+        let outcome = lc
+            .run_batch(
+                Duration::from_millis(50),
+                "batch",
+                &events,
+                &results,
+                |_| Ok(()),
+                async {
+                    results.set(0, Ok(crate::Position::Sequence(1)));
+                    results.set(1, Err(Error::new(ErrorKind::Rejected, "t", "nack")));
+                    std::future::pending::<()>().await;
+                    Ok(())
+                },
+            )
+            .await;
+        let r = outcome.results();
+        assert_eq!(r[0].as_ref().unwrap().event_id, events[0].id());
+        assert_eq!(r[1].as_ref().unwrap_err().kind(), ErrorKind::Rejected);
+        assert_eq!(r[2].as_ref().unwrap_err().kind(), ErrorKind::OutcomeUnknown);
+        assert_eq!(lc.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_batch_counts_its_unconfirmed_events() {
+        let lc = Arc::new(Lifecycle::new("t", Duration::from_millis(100)));
+        let batch = {
+            let lc = lc.clone();
+            tokio::spawn(async move {
+                let events = events(1000);
+                let results = BatchResults::new(1000);
+                lc.run_batch(
+                    Duration::from_secs(30),
+                    "batch",
+                    &events,
+                    &results,
+                    |_| Ok(()),
+                    async {
+                        for i in 0..400 {
+                            results.set(i, Ok(crate::Position::None));
+                        }
+                        std::future::pending::<()>().await;
+                        Ok(())
+                    },
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(lc.in_flight(), 1000, "a batch counts its events");
+        let report = lc.close(|_| async { Ok(0) }).await.unwrap();
+        assert_eq!(report.abandoned, 600, "{report}");
+        assert_eq!(report.drained, 400, "{report}");
+        let outcome = batch.await.unwrap();
+        assert_eq!(outcome.succeeded(), 400);
+        assert!(
+            outcome
+                .errors()
+                .all(|(_, e)| e.kind() == ErrorKind::OutcomeUnknown)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_publish_is_never_polled_again() {
+        let lc = Arc::new(Lifecycle::new("t", Duration::from_millis(50)));
+        let polls = Arc::new(AtomicUsize::new(0));
+        let stuck = {
+            let (lc, polls) = (lc.clone(), polls.clone());
+            tokio::spawn(async move {
+                lc.run(
+                    Duration::from_secs(30),
+                    "publish",
+                    std::future::poll_fn(|cx| {
+                        polls.fetch_add(1, Ordering::SeqCst);
+                        // Wakes itself at once: a publish that would go on sending.
+                        cx.waker().wake_by_ref();
+                        Poll::<Result<()>>::Pending
+                    }),
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let report = lc.close(|_| async { Ok(0) }).await.unwrap();
+        assert_eq!(report.abandoned, 1);
+        let err = stuck.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::OutcomeUnknown);
+        let after = polls.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(polls.load(Ordering::SeqCst), after);
     }
 
     #[tokio::test]

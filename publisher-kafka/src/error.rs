@@ -29,8 +29,15 @@ pub(crate) fn from_kafka(e: KafkaError, limit_bytes: usize) -> Error {
             true,
         ),
         (_, Some(Code::MessageTimedOut)) => (
-            ErrorKind::Timeout,
-            "no broker acknowledged the record within message_timeout".to_owned(),
+            ErrorKind::OutcomeUnknown,
+            "no broker acknowledged the record within message_timeout (it may or may not have \
+             been written)"
+                .to_owned(),
+            true,
+        ),
+        (_, Some(Code::RequestTimedOut | Code::NotEnoughReplicasAfterAppend)) => (
+            ErrorKind::OutcomeUnknown,
+            format!("the broker did not confirm the record ({code:?}); it may have been written"),
             true,
         ),
         (_, Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize)) => {
@@ -41,10 +48,24 @@ pub(crate) fn from_kafka(e: KafkaError, limit_bytes: usize) -> Error {
             )
             .with_source(e);
         }
-        (_, Some(Code::PurgeQueue | Code::PurgeInflight)) => (
+        (_, Some(Code::PurgeQueue)) => (
             ErrorKind::Closed,
-            "the record was purged at close before the broker acknowledged it".to_owned(),
+            "the record was purged at close before it was sent".to_owned(),
             false,
+        ),
+        (_, Some(Code::PurgeInflight)) => (
+            ErrorKind::OutcomeUnknown,
+            "the record was purged at close while in flight (it may or may not have been \
+             written)"
+                .to_owned(),
+            true,
+        ),
+        (KafkaError::Canceled, _) => (
+            ErrorKind::OutcomeUnknown,
+            "the producer was closed before the delivery report arrived (the record may or may \
+             not have been written)"
+                .to_owned(),
+            true,
         ),
         (
             _,
@@ -70,9 +91,7 @@ pub(crate) fn from_kafka(e: KafkaError, limit_bytes: usize) -> Error {
                 c,
                 Code::LeaderNotAvailable
                     | Code::NotLeaderForPartition
-                    | Code::RequestTimedOut
                     | Code::NotEnoughReplicas
-                    | Code::NotEnoughReplicasAfterAppend
                     | Code::OperationTimedOut
             );
             let kind = if retryable {

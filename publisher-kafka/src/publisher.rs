@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use publisher_core::{
-    Backend, Error, ErrorKind, Event, Health, Lifecycle, Position, Result, Teardown,
+    Backend, BatchResults, Error, ErrorKind, Event, Health, Lifecycle, Position, Result, Teardown,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer, PurgeConfig};
@@ -221,25 +221,25 @@ impl Backend for Inner {
         delivered(r, self.max())
     }
 
-    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Position>>> {
+    async fn publish_batch(&self, events: &[Event], results: &BatchResults) -> Result<()> {
         let producer = self.producer()?;
         let deadline = Instant::now() + self.config.timeouts.publish;
         let mut pending = Vec::with_capacity(events.len());
-        for event in events {
-            pending.push(self.enqueue(&producer, event, deadline).await);
-        }
-        let reports = pending.into_iter().map(|p| async move {
-            let future = p?;
-            match future.await {
-                Ok(r) => delivered(r, self.max()),
-                Err(_) => Err(Error::new(
-                    ErrorKind::Closed,
-                    BACKEND,
-                    "the producer was closed before the delivery report arrived",
-                )),
+        for (i, event) in events.iter().enumerate() {
+            match self.enqueue(&producer, event, deadline).await {
+                Ok(future) => pending.push((i, future)),
+                Err(e) => results.set(i, Err(e)),
             }
+        }
+        let reports = pending.into_iter().map(|(i, future)| async move {
+            let r = match future.await {
+                Ok(r) => delivered(r, self.max()),
+                Err(_canceled) => Err(from_kafka(KafkaError::Canceled, self.max())),
+            };
+            results.set(i, r);
         });
-        Ok(futures::future::join_all(reports).await)
+        futures::future::join_all(reports).await;
+        Ok(())
     }
 
     async fn health(&self) -> Health {

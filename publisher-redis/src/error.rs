@@ -77,6 +77,20 @@ pub(crate) fn from_redis(e: RedisError) -> Error {
         .with_source(e)
 }
 
+/// The error of a command that was (or may have been) written to Redis: a timeout or a
+/// connection lost before the reply leaves its outcome unknown (the command may have run).
+pub(crate) fn from_command(e: RedisError) -> Error {
+    if e.is_timeout() || e.is_connection_dropped() || e.is_io_error() {
+        let msg = if e.is_timeout() {
+            "Redis did not answer in time; the command may or may not have run"
+        } else {
+            "the connection to Redis was lost before the reply; the command may or may not have run"
+        };
+        return Error::outcome_unknown(BACKEND, msg).with_source(e);
+    }
+    from_redis(e)
+}
+
 pub(crate) fn from_pool(e: PoolError<RedisError>) -> Error {
     match e {
         PoolError::Timeout(TimeoutType::Wait) => Error::new(

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 use deadpool::Runtime;
 use publisher_core::envelope;
 use publisher_core::{
-    Backend, Error, ErrorKind, Event, Health, Lifecycle, Position, Result, Teardown,
+    Backend, BatchResults, Error, ErrorKind, Event, Health, Lifecycle, Position, Result, Teardown,
 };
 use redis::{AsyncConnectionConfig, Client, RedisResult};
 
 use crate::BACKEND;
 use crate::config::{Mode, PubsubFormat, RedisConfig};
-use crate::error::from_redis;
+use crate::error::{from_command, from_redis};
 use crate::mapping::{add_stream_fields, stream_entry_size};
 use crate::pool::{Owned, Pool, RedisManager, Source};
 use publisher_core::config::redact_url as redact;
@@ -232,7 +232,7 @@ impl Inner {
 
     /// Turns Redis's reply to one command into the event's position.
     fn position(&self, event: &Event, reply: RedisResult<redis::Value>) -> Result<Position> {
-        let value = reply.map_err(from_redis)?;
+        let value = reply.map_err(from_command)?;
         let position = match self.config.mode {
             Mode::Stream => Position::StreamEntry(
                 redis::from_redis_value::<String>(value).map_err(|e| from_redis(e.into()))?,
@@ -330,42 +330,41 @@ impl Backend for Inner {
         self.position(event, reply)
     }
 
-    async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Result<Position>>> {
-        let checks: Vec<Result<()>> = events.iter().map(|e| self.check(e)).collect();
+    async fn publish_batch(&self, events: &[Event], results: &BatchResults) -> Result<()> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for (event, check) in events.iter().zip(&checks) {
-            if check.is_ok() {
-                pipe.add_command(self.command(event));
+        let mut sent = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            match self.check(event) {
+                Ok(()) => {
+                    pipe.add_command(self.command(event));
+                    sent.push(i);
+                }
+                Err(e) => results.set(i, Err(e)),
             }
         }
-        let mut replies = if checks.iter().any(Result::is_ok) {
-            let mut conn = self.source.get(&self.config.pool).await?;
-            let replies = pipe
-                .query_async::<Vec<RedisResult<redis::Value>>>(conn.get())
-                .await;
-            match &replies {
-                Err(e) if broken(e) => conn.discard(),
-                _ => conn.touch(),
-            }
-            replies.map_err(from_redis)?.into_iter()
-        } else {
-            Vec::new().into_iter()
-        };
-        Ok(events
-            .iter()
-            .zip(checks)
-            .map(|(event, check)| {
-                check?;
-                let reply = replies.next().unwrap_or_else(|| {
-                    Err(redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "pipeline returned fewer replies than commands",
-                    )))
-                });
-                self.position(event, reply)
-            })
-            .collect())
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.source.get(&self.config.pool).await?;
+        let replies = pipe
+            .query_async::<Vec<RedisResult<redis::Value>>>(conn.get())
+            .await;
+        match &replies {
+            Err(e) if broken(e) => conn.discard(),
+            _ => conn.touch(),
+        }
+        let mut replies = replies.map_err(from_command)?.into_iter();
+        for i in sent {
+            let reply = replies.next().unwrap_or_else(|| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "pipeline returned fewer replies than commands",
+                )))
+            });
+            results.set(i, self.position(&events[i], reply));
+        }
+        Ok(())
     }
 
     async fn health(&self) -> Health {

@@ -28,6 +28,9 @@ pub const CLOSE_ABANDONED: &str = "publisher_close_abandoned_total";
 #[derive(Debug)]
 pub struct Metrics<P> {
     inner: P,
+    /// Set by the first close whose report was counted: a report is the same for every
+    /// caller of `close`, so it is counted once.
+    close_counted: std::sync::atomic::AtomicBool,
 }
 
 struct InFlight(&'static str, f64);
@@ -48,7 +51,10 @@ impl Drop for InFlight {
 impl<P: Publisher> Metrics<P> {
     /// Wraps `inner`.
     pub fn new(inner: P) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            close_counted: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     fn record(&self, topic: &str, bytes: usize, result: &Result<Receipt>) {
@@ -116,6 +122,12 @@ impl<P: Publisher> Publisher for Metrics<P> {
 
     async fn close(&self) -> Result<CloseReport> {
         let report = self.inner.close().await?;
+        if self
+            .close_counted
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Ok(report);
+        }
         let backend = self.inner.backend();
         metrics::counter!(CLOSE_DRAINED, "backend" => backend).increment(report.drained as u64);
         metrics::counter!(CLOSE_ABANDONED, "backend" => backend).increment(report.abandoned as u64);

@@ -126,15 +126,17 @@ impl<P: Publisher> Publisher for Retry<P> {
         let deadline = Instant::now() + self.policy.deadline;
         let mut backoff = self.policy.backoff();
         let mut attempt = 1;
+        let mut maybe_sent = false;
         loop {
             let err = match self.inner.publish(event.clone()).await {
                 Ok(r) => return Ok(r),
-                Err(e) if !e.is_retryable() => return Err(e),
+                Err(e) if !e.is_retryable() => return Err(given_up(e, attempt, maybe_sent)),
                 Err(e) => e,
             };
+            maybe_sent |= err.is_outcome_unknown();
             let Some(delay) = Self::next_delay(&mut backoff, deadline) else {
                 tracing::debug!(backend = self.inner.backend(), attempt, error = %err, "giving up");
-                return Err(err);
+                return Err(given_up(err, attempt, maybe_sent));
             };
             tracing::debug!(backend = self.inner.backend(), attempt, ?delay, error = %err, "retrying publish");
             tokio::time::sleep(delay).await;
@@ -150,6 +152,11 @@ impl<P: Publisher> Publisher for Retry<P> {
             .publish_batch(events.clone())
             .await
             .into_results();
+        let mut attempts = vec![1usize; events.len()];
+        let mut maybe_sent: Vec<bool> = results
+            .iter()
+            .map(|r| r.as_ref().is_err_and(Error::is_outcome_unknown))
+            .collect();
         loop {
             let pending: Vec<usize> = results
                 .iter()
@@ -167,9 +174,40 @@ impl<P: Publisher> Publisher for Retry<P> {
             let retry: Vec<Event> = pending.iter().map(|&i| events[i].clone()).collect();
             let again = self.inner.publish_batch(retry).await.into_results();
             for (i, r) in pending.into_iter().zip(again) {
+                attempts[i] += 1;
+                maybe_sent[i] |= r.as_ref().is_err_and(Error::is_outcome_unknown);
                 results[i] = r;
             }
         }
-        BatchOutcome::new(results)
+        BatchOutcome::new(
+            results
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| r.map_err(|e| given_up(e, attempts[i], maybe_sent[i])))
+                .collect(),
+        )
     }
+}
+
+/// The error of an event this layer gave up on: no longer retryable (so that a retry layer
+/// stacked above does not multiply the attempts), and `OutcomeUnknown` whenever an earlier
+/// attempt may have reached the broker, whatever the last attempt said.
+fn given_up(last: Error, attempts: usize, maybe_sent: bool) -> Error {
+    if !maybe_sent && !last.is_retryable() {
+        // Never worth retrying: the error stands as the backend said it.
+        return last;
+    }
+    if maybe_sent && !last.is_outcome_unknown() {
+        return Error::outcome_unknown(
+            last.backend(),
+            format!(
+                "gave up after {attempts} attempts; an earlier attempt may have reached the \
+                 broker (last: {})",
+                last.message()
+            ),
+        )
+        .with_retryable(false)
+        .with_source(last);
+    }
+    last.with_retryable(false)
 }

@@ -9,8 +9,10 @@ use crate::config::check_timeout;
 use crate::{BatchOutcome, Error, Event, Publisher, Receipt, Result};
 
 /// Bounds each `publish` and each `publish_batch` by a timeout. An elapsed timeout is an
-/// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) error, retryable; the inner publish is
-/// dropped (see the cancel-safety note on [`Publisher::publish`]: the event may still arrive).
+/// [`ErrorKind::OutcomeUnknown`](crate::ErrorKind::OutcomeUnknown) error, retryable: the inner
+/// publish is dropped (see the cancel-safety note on [`Publisher::publish`]) and the event may
+/// still arrive. A batch cut off by this layer loses the results the backend already had; the
+/// backend's own publish timeout (its gate) keeps them, so prefer it for batches.
 #[derive(Debug)]
 pub struct Timeout<P> {
     inner: P,
@@ -40,13 +42,7 @@ impl<P: Publisher> Publisher for Timeout<P> {
     async fn publish(&self, event: Event) -> Result<Receipt> {
         tokio::time::timeout(self.timeout, self.inner.publish(event))
             .await
-            .unwrap_or_else(|_| {
-                Err(Error::timeout(
-                    self.inner.backend(),
-                    "publish",
-                    self.timeout,
-                ))
-            })
+            .unwrap_or_else(|_| Err(timed_out(self.inner.backend(), "publish", self.timeout)))
     }
 
     async fn publish_batch(&self, events: Vec<Event>) -> BatchOutcome {
@@ -55,8 +51,18 @@ impl<P: Publisher> Publisher for Timeout<P> {
             Ok(outcome) => outcome,
             Err(_) => BatchOutcome::all_failed(
                 n,
-                &Error::timeout(self.inner.backend(), "publish batch", self.timeout),
+                &timed_out(self.inner.backend(), "publish batch", self.timeout),
             ),
         }
     }
+}
+
+fn timed_out(backend: &'static str, what: &str, after: Duration) -> Error {
+    Error::outcome_unknown(
+        backend,
+        format!(
+            "{what} timed out after {} (the broker may or may not have it)",
+            humantime::format_duration(after)
+        ),
+    )
 }
