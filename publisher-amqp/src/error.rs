@@ -6,6 +6,20 @@ use publisher_core::{Error, ErrorKind};
 
 use crate::BACKEND;
 
+/// The error of a publish whose message was handed to the channel but whose confirm never came
+/// (the channel or connection closed while it was pending): RabbitMQ may or may not have it.
+pub(crate) fn confirm_lost(e: lapin::Error) -> Error {
+    let cause = from_lapin(e);
+    Error::outcome_unknown(
+        BACKEND,
+        format!(
+            "the message was sent but its confirm was lost ({}): RabbitMQ may or may not have it",
+            cause.message()
+        ),
+    )
+    .with_source(cause)
+}
+
 pub(crate) fn from_lapin(e: lapin::Error) -> Error {
     let (kind, msg, retryable) = match e.kind() {
         LapinKind::IOError(_)

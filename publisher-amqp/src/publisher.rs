@@ -15,7 +15,7 @@ use publisher_core::{
 use crate::BACKEND;
 use crate::channels::{ChannelManager, ChannelPool, Link};
 use crate::config::AmqpConfig;
-use crate::error::{from_lapin, from_pool};
+use crate::error::{confirm_lost, from_lapin, from_pool};
 use crate::mapping::{properties, validate};
 
 /// Publishes to a RabbitMQ exchange over a pool of confirm-mode channels.
@@ -309,7 +309,7 @@ impl Backend for Inner {
         validate(event)?;
         let channel = self.channel().await?;
         let confirm = self.send(&channel, event).await?;
-        let confirmation = confirm.await.map_err(from_lapin)?;
+        let confirmation = confirm.await.map_err(confirm_lost)?;
         self.confirmed(event, confirmation)
     }
 
@@ -335,7 +335,7 @@ impl Backend for Inner {
         let confirms = confirms.into_iter().map(|(i, confirm)| async move {
             let r = match confirm.await {
                 Ok(confirmation) => self.confirmed(&events[i], confirmation),
-                Err(e) => Err(from_lapin(e)),
+                Err(e) => Err(confirm_lost(e)),
             };
             results.set(i, r);
         });

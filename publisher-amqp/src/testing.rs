@@ -8,12 +8,15 @@ use std::time::Duration;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
-use publisher_core::testing::{Probe, Received, unique_name};
+use publisher_core::testing::{BadEvent, Intent, Probe, Received, unique_name, url_addr};
 use publisher_core::{Error, ErrorKind, Event, Result, async_trait};
 use tokio::sync::OnceCell;
 
 use crate::BACKEND;
 use crate::mapping::event_from_delivery;
+
+/// RabbitMQ's default `max_message_size` (128 MiB since 3.8).
+const RABBITMQ_DEFAULT_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;
 
 fn probe_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::new(ErrorKind::Other, BACKEND, "probe failed").with_source(e)
@@ -158,6 +161,34 @@ impl Probe for QueueProbe {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Unroutable: a routing key no queue is bound to (the publisher's `mandatory` default
+    /// makes RabbitMQ return it: `Rejected`). Oversized: one byte over RabbitMQ's default
+    /// `max_message_size` (128 MiB), to be refused before sending (`InvalidEvent`). Invalid: an
+    /// empty topic.
+    fn bad_event(&self, intent: Intent, _topic: &str, n: usize) -> Option<BadEvent> {
+        match intent {
+            Intent::Unroutable => Some(BadEvent {
+                event: Event::text(
+                    unique_name("publisher-test.unroutable"),
+                    format!("unroutable {n} {}", publisher_core::Uuid::now_v7()),
+                ),
+                expect: ErrorKind::Rejected,
+            }),
+            Intent::Oversized => Some(BadEvent {
+                event: Event::new(
+                    unique_name("publisher-test.oversized"),
+                    vec![b'x'; RABBITMQ_DEFAULT_MAX_MESSAGE_SIZE + 1],
+                ),
+                expect: ErrorKind::InvalidEvent,
+            }),
+            _ => publisher_core::testing::invalid_event(intent, n),
+        }
+    }
+
+    fn broker_addr(&self) -> Option<std::net::SocketAddr> {
+        url_addr(&self.url, 5672)
     }
 
     async fn cleanup(&self, topic: &str) {

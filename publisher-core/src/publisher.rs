@@ -23,6 +23,10 @@ use crate::outcome::{BatchOutcome, CloseReport, Receipt};
 ///   delivery report, an AMQP publisher confirm, a console line written and flushed per policy.
 /// - A nack, an unroutable (returned) message, a delivery error or a timeout is an `Err`, never
 ///   `Ok`.
+/// - An `Err` says whether the broker may hold the event: only
+///   [`ErrorKind::OutcomeUnknown`](crate::ErrorKind::OutcomeUnknown) means it may (the bytes
+///   left and no confirmation came back); every other kind means it does not. One event's
+///   failure never changes another event's outcome.
 /// - Every wait is bounded: by the publish timeout for `publish` and `publish_batch`, the health
 ///   timeout for `health`, the close timeout for `close`.
 /// - `publish_batch` returns one result per event, in input order; one failure never hides the
@@ -30,14 +34,27 @@ use crate::outcome::{BatchOutcome, CloseReport, Receipt};
 /// - `publish` and `publish_batch` after `close` has started fail with
 ///   [`ErrorKind::Closed`](crate::ErrorKind::Closed) and send nothing.
 /// - `close` refuses new publishes, drains in-flight ones until the close timeout, reports what
-///   it could not deliver in [`CloseReport::abandoned`] (each of those returned an error to its
-///   caller), then releases connections the publisher opened. Connections or clients the caller
+///   it could not deliver in [`CloseReport::abandoned`], counted in events (each of those
+///   returned `OutcomeUnknown` to its caller; nothing is sent for them after the deadline), then
+///   releases connections the publisher opened. Connections or clients the caller
 ///   lent in are never closed.
 /// - `close` is idempotent and safe to call concurrently: every caller gets the first close's
 ///   outcome, and a second `close` returns it again rather than an error.
 /// - `health` is cheap, side-effect free and bounded; a closed publisher is unhealthy.
 /// - Dropping a publisher that was not closed logs one warning, cancels its background tasks and
-///   leaves no task or connection behind; in-flight publishes fail with `Closed`.
+///   leaves no task or connection behind; in-flight publishes fail with `OutcomeUnknown`.
+///
+/// # Outcome unknown, per backend
+/// | backend | `OutcomeUnknown` when |
+/// |---|---|
+/// | every backend | the publish timeout passed, or the close deadline passed, before the broker confirmed (the gate's own errors) |
+/// | redis | the connection was lost, or the response timeout passed, after the command was written |
+/// | amqp | the channel or connection closed while the confirm was pending |
+/// | kafka | a delivery report says `MessageTimedOut`, `RequestTimedOut`, `NotEnoughReplicasAfterAppend` or in-flight purge, or the producer went away before the report |
+/// | console | a write or flush was cut off by the publish timeout (part of the line may be out) |
+///
+/// A batch that times out or is abandoned keeps every result already known; only its
+/// unconfirmed events get `OutcomeUnknown`.
 #[async_trait]
 pub trait Publisher: Debug + Send + Sync + 'static {
     /// The backend's name: `redis`, `kafka`, `amqp`, `console`, `memory`, …
@@ -47,8 +64,10 @@ pub trait Publisher: Debug + Send + Sync + 'static {
     ///
     /// # Errors
     /// `InvalidEvent` for an event this backend cannot carry (naming the field), `Closed` after
-    /// `close`, `Timeout` when no confirmation came within the publish timeout, `Rejected` when
-    /// the broker refused it, `Connect`/`Unavailable` when the broker cannot be reached.
+    /// `close`, `OutcomeUnknown` when it was sent and no confirmation came within the publish
+    /// timeout (or the close deadline), `Rejected` when the broker refused it,
+    /// `Connect`/`Unavailable`/`Timeout` when the broker could not be reached and nothing was
+    /// sent.
     ///
     /// # Cancel safety
     /// Not cancel safe in the delivery sense: if the returned future is dropped before it

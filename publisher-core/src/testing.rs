@@ -321,6 +321,25 @@ impl<P: Probe> Harness for ProbeHarness<P> {
     }
 }
 
+/// The socket address a broker URL names (`redis://h:6379`, `amqp://u:p@h/%2f`), with
+/// `default_port` when the URL has none; `None` when it does not parse or resolve.
+pub fn url_addr(url: &str, default_port: u16) -> Option<SocketAddr> {
+    let url = url::Url::parse(url).ok()?;
+    let host = url.host_str()?.trim_matches(['[', ']']).to_owned();
+    let port = url.port().unwrap_or(default_port);
+    std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+        .ok()?
+        .next()
+}
+
+/// `url` with its host and port replaced by `addr` (to reach a broker through a proxy).
+pub fn url_via(url: &str, addr: SocketAddr) -> Option<String> {
+    let mut url = url::Url::parse(url).ok()?;
+    url.set_ip_host(addr.ip()).ok()?;
+    url.set_port(Some(addr.port())).ok()?;
+    Some(url.to_string())
+}
+
 /// A topic name unique to this process and call: `{prefix}.{uuid}` (valid for every backend).
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}.{}", Uuid::now_v7().simple())
@@ -751,7 +770,14 @@ async fn mixed_singles(h: &dyn Harness, concurrency: usize, n: usize) {
         intents_line(h, &topic, MIXED)
     );
     let mut records = plan(h, &topic, &scenario, n, MIXED, 2);
-    publish_each(p.clone(), &mut records, concurrency, Arc::new(|_| {})).await;
+    publish_each(
+        p.clone(),
+        &mut records,
+        concurrency,
+        Arc::new(|_| {}),
+        Duration::ZERO,
+    )
+    .await;
     let history = History {
         scenario,
         records,
@@ -820,7 +846,14 @@ pub async fn history_oversized_among_small(h: &dyn Harness) {
         expect: Some(oversized.expect),
         outcome: None,
     };
-    publish_each(p.clone(), &mut records, 64, Arc::new(|_| {})).await;
+    publish_each(
+        p.clone(),
+        &mut records,
+        64,
+        Arc::new(|_| {}),
+        Duration::ZERO,
+    )
+    .await;
     let history = History {
         scenario,
         records,
@@ -832,18 +865,29 @@ pub async fn history_oversized_among_small(h: &dyn Harness) {
     verdict.assert_holds();
 }
 
-/// Publishes good events until one is confirmed (the publisher recovered), for at most 15 s.
-async fn assert_recovers(p: &dyn Publisher, topic: &str) {
+/// Publishes good events to `topic` until one is confirmed (the publisher recovered), for at
+/// most 15 s; adds each attempt to `records`, so the history checks them too.
+async fn assert_recovers(p: &dyn Publisher, topic: &str, records: &mut Vec<Record>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let e = history_event(topic, "recovery", usize::MAX);
-        match p.publish(e).await {
-            Ok(_) => return,
-            Err(e) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "the publisher did not recover within 15 s: {e}"
-            ),
+        let event = history_event(topic, "recovery", records.len());
+        let r = p.publish(event.clone()).await;
+        let ok = r.is_ok();
+        let last = r.as_ref().err().cloned();
+        records.push(Record {
+            event,
+            intent: Intent::Good,
+            expect: None,
+            outcome: Some(r.map(|_| ())),
+        });
+        if ok {
+            return;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the publisher did not recover within 15 s: {}",
+            last.expect("an error")
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -883,8 +927,8 @@ pub async fn history_connection_cut(h: &dyn Harness) {
             cutter.cut();
         }
     });
-    publish_each(p.clone(), &mut records, 64, on_ok).await;
-    assert_recovers(&*p, &unique_name("recovery")).await;
+    publish_each(p.clone(), &mut records, 64, on_ok, Duration::ZERO).await;
+    assert_recovers(&*p, &topic, &mut records).await;
     let history = History {
         scenario,
         records,
@@ -935,9 +979,9 @@ pub async fn history_stall_past_publish_timeout(h: &dyn Harness) {
             });
         }
     });
-    publish_each(p.clone(), &mut records, 64, on_ok).await;
+    publish_each(p.clone(), &mut records, 64, on_ok, Duration::ZERO).await;
     proxy.set(ProxyMode::Pass);
-    assert_recovers(&*p, &unique_name("recovery")).await;
+    assert_recovers(&*p, &topic, &mut records).await;
     let unknown = records_unknown(&records);
     let history = History {
         scenario,
@@ -991,12 +1035,12 @@ pub async fn history_close_deadline_in_flight(h: &dyn Harness) {
     let mut before = plan(h, &topic, &scenario, 350, &[], 0);
     let mut stalled = before.split_off(50);
     let mut batch = stalled.split_off(200);
-    publish_each(p.clone(), &mut before, 8, Arc::new(|_| {})).await;
+    publish_each(p.clone(), &mut before, 8, Arc::new(|_| {}), Duration::ZERO).await;
     proxy.set(ProxyMode::Stall);
     let singles = {
         let p = p.clone();
         tokio::spawn(async move {
-            publish_each(p, &mut stalled, 200, Arc::new(|_| {})).await;
+            publish_each(p, &mut stalled, 200, Arc::new(|_| {}), Duration::ZERO).await;
             stalled
         })
     };
@@ -1058,13 +1102,20 @@ pub async fn history_broker_restart(h: &dyn Harness) {
             }));
         }
     });
-    publish_each(p.clone(), &mut records, 16, on_ok).await;
+    publish_each(
+        p.clone(),
+        &mut records,
+        16,
+        on_ok,
+        Duration::from_millis(50),
+    )
+    .await;
     let restarted = restart.lock().unwrap_or_else(|p| p.into_inner()).take();
     restarted
         .expect("the broker was never restarted")
         .await
         .expect("restart");
-    assert_recovers(&*p, &unique_name("recovery")).await;
+    assert_recovers(&*p, &topic, &mut records).await;
     let history = History {
         scenario,
         records,

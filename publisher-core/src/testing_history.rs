@@ -322,13 +322,16 @@ impl History {
 }
 
 /// Publishes `records`' events one call each, `concurrency` at a time, on `publisher`,
-/// recording each outcome. Calls `on_ok` after each Ok (scenarios use it to inject a fault once
-/// enough events are through).
+/// recording each outcome. Calls `on_ok` with the count of Oks so far after each Ok (scenarios
+/// use it to inject a fault once enough events are through); a task whose publish failed waits
+/// `pause_after_error` before its next one (so that a load spans an outage instead of failing
+/// through it at once).
 pub async fn publish_each(
     publisher: Arc<dyn Publisher>,
     records: &mut [Record],
     concurrency: usize,
     on_ok: Arc<dyn Fn(usize) + Send + Sync>,
+    pause_after_error: std::time::Duration,
 ) {
     let events: Arc<Vec<Event>> = Arc::new(records.iter().map(|r| r.event.clone()).collect());
     let next = Arc::new(AtomicUsize::new(0));
@@ -358,6 +361,9 @@ pub async fn publish_each(
                             "the receipt names another event"
                         );
                         on_ok(oks.fetch_add(1, Ordering::Relaxed) + 1);
+                    }
+                    Err(_) if !pause_after_error.is_zero() => {
+                        tokio::time::sleep(pause_after_error).await;
                     }
                     Err(_) => {}
                 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use publisher_core::testing::{Probe, Received, unique_name};
+use publisher_core::testing::{BadEvent, Intent, Probe, Received, unique_name};
 use publisher_core::{Error, ErrorKind, Event, Result, async_trait};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -156,5 +156,21 @@ impl Probe for TopicProbe {
 
     async fn cleanup(&self, topic: &str) {
         delete_topic(&self.brokers, topic).await;
+    }
+
+    /// Oversized: one byte over the default `max_message_bytes`, refused before sending
+    /// (`InvalidEvent`). Invalid: an empty topic. Unroutable is not made: a topic that does not
+    /// exist is looked up by librdkafka until the message timeout (not carried yet).
+    fn bad_event(&self, intent: Intent, topic: &str, n: usize) -> Option<BadEvent> {
+        match intent {
+            Intent::Oversized => Some(BadEvent {
+                event: Event::new(
+                    topic.to_owned(),
+                    vec![b'x'; crate::KafkaConfig::default().max_message_bytes + 1],
+                ),
+                expect: ErrorKind::InvalidEvent,
+            }),
+            _ => publisher_core::testing::invalid_event(intent, n),
+        }
     }
 }

@@ -96,7 +96,10 @@ async fn close_under_load_loses_no_acknowledged_event_and_counts_match() {
                 ok.insert(id);
             }
             Err(e) => {
-                assert_eq!(e.kind(), ErrorKind::Closed, "{e:?}");
+                assert!(
+                    matches!(e.kind(), ErrorKind::Closed | ErrorKind::OutcomeUnknown),
+                    "{e:?}"
+                );
                 closed += 1;
             }
         }

@@ -87,7 +87,10 @@ async fn broker_down_then_up_fails_typed_within_the_timeout_then_recovers() {
             assert!(
                 matches!(
                     e.kind(),
-                    ErrorKind::Timeout | ErrorKind::Connect | ErrorKind::Unavailable
+                    ErrorKind::Timeout
+                        | ErrorKind::Connect
+                        | ErrorKind::Unavailable
+                        | ErrorKind::OutcomeUnknown
                 ),
                 "untyped failure: {e:?}"
             );
@@ -160,8 +163,12 @@ async fn unreachable_broker_health_is_unhealthy_and_bounded() {
     assert!(started.elapsed() < Duration::from_millis(1500));
     let started = Instant::now();
     let err = publisher.publish(Event::text("t", "x")).await.unwrap_err();
+    // librdkafka cannot say whether a timed-out record left: outcome unknown.
     assert!(
-        matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Connect),
+        matches!(
+            err.kind(),
+            ErrorKind::Timeout | ErrorKind::Connect | ErrorKind::OutcomeUnknown
+        ),
         "{err:?}"
     );
     assert!(started.elapsed() < Duration::from_millis(4500));

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use publisher_core::envelope::Envelope;
-use publisher_core::testing::{Probe, Received, unique_name};
+use publisher_core::testing::{Probe, Received, unique_name, url_addr};
 use publisher_core::{Error, ErrorKind, Event, Result, async_trait};
 
 use crate::BACKEND;
@@ -106,6 +106,10 @@ impl Probe for StreamProbe {
         }
     }
 
+    fn broker_addr(&self) -> Option<std::net::SocketAddr> {
+        url_addr(&self.url, 6379)
+    }
+
     async fn cleanup(&self, topic: &str) {
         if let Ok(mut conn) = connect(&self.url).await {
             let _: redis::RedisResult<()> =
@@ -172,6 +176,10 @@ impl Probe for PubsubProbe {
             .unwrap_or_else(|p| p.into_inner())
             .insert(topic.clone(), task);
         Ok(topic)
+    }
+
+    fn broker_addr(&self) -> Option<std::net::SocketAddr> {
+        url_addr(&self.url, 6379)
     }
 
     async fn read(&self, topic: &str, n: usize, timeout: Duration) -> Result<Vec<Received>> {

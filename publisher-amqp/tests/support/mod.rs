@@ -77,6 +77,11 @@ pub async fn harness() -> ProbeHarness<QueueProbe> {
                 .await?,
         ) as Box<dyn Publisher>)
     })
+    .with_via(|addr, timeouts| async move {
+        let mut config = AmqpConfig::from_url(&url_via(addr))?;
+        config.timeouts = timeouts;
+        Ok(Box::new(AmqpPublisher::builder().config(config).build().await?) as Box<dyn Publisher>)
+    })
 }
 
 /// Runs `rabbitmqctl` when it is available (a local broker); `None` otherwise.

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use publisher_core::Publisher;
-use publisher_core::testing::ProbeHarness;
+use std::net::SocketAddr;
+
+use publisher_core::testing::{Harness, OwnBroker, ProbeHarness, url_via};
+use publisher_core::{Publisher, Timeouts};
 use publisher_redis::testing::{PubsubProbe, StreamProbe};
 use publisher_redis::{Mode, RedisConfig, RedisPublisher};
 
@@ -142,12 +144,77 @@ fn open(mode: Mode) -> impl Fn() -> std::future::Ready<publisher_core::Result<Bo
     }
 }
 
-pub async fn stream_harness() -> ProbeHarness<StreamProbe> {
-    ProbeHarness::new(StreamProbe::new(redis_url()), open(Mode::Stream))
+/// Opens publishers in `mode` through `addr` (a fault proxy before the shared Redis).
+fn open_via(
+    mode: Mode,
+) -> impl Fn(SocketAddr, Timeouts) -> std::future::Ready<publisher_core::Result<Box<dyn Publisher>>>
+{
+    move |addr, timeouts| {
+        let url = url_via(&redis_url(), addr).expect("proxy url");
+        std::future::ready(
+            RedisPublisher::builder()
+                .config(RedisConfig {
+                    timeouts,
+                    ..config(&url, mode)
+                })
+                .build()
+                .map(|p| Box::new(p) as Box<dyn Publisher>),
+        )
+    }
 }
 
+pub async fn stream_harness() -> ProbeHarness<StreamProbe> {
+    ProbeHarness::new(StreamProbe::new(redis_url()), open(Mode::Stream))
+        .with_via(open_via(Mode::Stream))
+        .with_own_broker(|| async { Some(Box::new(OwnRedis::start().await) as Box<dyn OwnBroker>) })
+}
+
+/// Pub/sub has no restart scenario: subscriptions end with the server, and what is published
+/// while nobody listens is gone (at-most-once by design).
 pub async fn pubsub_harness() -> ProbeHarness<PubsubProbe> {
     ProbeHarness::new(PubsubProbe::new(redis_url()), open(Mode::Pubsub))
+        .with_via(open_via(Mode::Pubsub))
+}
+
+/// A private `redis-server` (append-only file fsynced on every write) for the history suite's
+/// restart scenario, with a harness publishing to it and reading it back.
+pub struct OwnRedis {
+    server: tokio::sync::Mutex<RedisServer>,
+    harness: ProbeHarness<StreamProbe>,
+}
+
+impl OwnRedis {
+    pub async fn start() -> Self {
+        let server = RedisServer::start().await;
+        let url = server.url();
+        let open_url = url.clone();
+        let harness = ProbeHarness::new(StreamProbe::new(url), move || {
+            std::future::ready(
+                RedisPublisher::builder()
+                    .config(config(&open_url, Mode::Stream))
+                    .build()
+                    .map(|p| Box::new(p) as Box<dyn Publisher>),
+            )
+        });
+        Self {
+            server: tokio::sync::Mutex::new(server),
+            harness,
+        }
+    }
+}
+
+#[publisher_core::async_trait]
+impl OwnBroker for OwnRedis {
+    fn harness(&self) -> &dyn Harness {
+        &self.harness
+    }
+
+    async fn restart(&self, down: Duration) {
+        let mut server = self.server.lock().await;
+        server.kill();
+        tokio::time::sleep(down).await;
+        server.spawn().await;
+    }
 }
 
 /// Number of clients connected to the server at `url` (`CLIENT LIST` lines, ours excluded).
