@@ -6,9 +6,15 @@ use publisher_core::{Error, ErrorKind};
 
 use crate::BACKEND;
 
-/// The error of a publish whose message was handed to the channel but whose confirm never came
-/// (the channel or connection closed while it was pending): RabbitMQ may or may not have it.
+/// The error of a publish whose message was handed to the channel but whose confirm never came.
+/// A connection or channel lost while the confirm was pending: RabbitMQ may or may not have the
+/// message (`OutcomeUnknown`). A channel the broker closed with a protocol error (404 missing
+/// exchange, 403, 406) keeps that error's kind: the refusal is about a message on the channel,
+/// which may not be this one (issue 14 attributes it exactly).
 pub(crate) fn confirm_lost(e: lapin::Error) -> Error {
+    if matches!(e.kind(), LapinKind::ProtocolError(_)) {
+        return from_lapin(e);
+    }
     let cause = from_lapin(e);
     Error::outcome_unknown(
         BACKEND,

@@ -161,10 +161,9 @@ async fn in_flight_confirm_on_a_dead_connection_fails_fast() {
     proxy.cut();
     let (r, elapsed) = pending.await.unwrap();
     let err = r.expect_err("a confirm on a dead connection must not be Ok");
-    assert!(
-        matches!(err.kind(), ErrorKind::Connect | ErrorKind::Unavailable),
-        "{err:?}"
-    );
+    // The message left before the cut: RabbitMQ may or may not have it.
+    assert_eq!(err.kind(), ErrorKind::OutcomeUnknown, "{err:?}");
+    assert!(err.is_retryable());
     assert!(
         elapsed < Duration::from_secs(3),
         "took {elapsed:?}: a dead connection must fail the confirm well before the 10 s publish timeout"
