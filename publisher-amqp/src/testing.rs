@@ -2,7 +2,7 @@
 //! before publishing (the default exchange routes to it by name), consumed with `basic.get`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
@@ -10,7 +10,6 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use publisher_core::testing::{BadEvent, Intent, Probe, Received, unique_name, url_addr};
 use publisher_core::{Error, ErrorKind, Event, Result, async_trait};
-use tokio::sync::OnceCell;
 
 use crate::BACKEND;
 use crate::mapping::event_from_delivery;
@@ -51,6 +50,25 @@ impl QueueClient {
     pub async fn declare_queue(&self, name: &str, args: FieldTable) -> Result<()> {
         self.channel
             .queue_declare(name.into(), QueueDeclareOptions::default(), args)
+            .await
+            .map(|_| ())
+            .map_err(probe_error)
+    }
+
+    /// Declares a durable queue (its persistent messages survive a broker restart).
+    ///
+    /// # Errors
+    /// When the broker refuses.
+    pub async fn declare_durable_queue(&self, name: &str) -> Result<()> {
+        self.channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .map(|_| ())
             .map_err(probe_error)
@@ -110,7 +128,8 @@ impl QueueClient {
 #[derive(Debug)]
 pub struct QueueProbe {
     url: String,
-    client: OnceCell<QueueClient>,
+    durable: bool,
+    client: tokio::sync::Mutex<Option<Arc<QueueClient>>>,
     received: Mutex<HashMap<String, Vec<Received>>>,
 }
 
@@ -119,19 +138,35 @@ impl QueueProbe {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
-            client: OnceCell::new(),
+            durable: false,
+            client: tokio::sync::Mutex::new(None),
             received: Mutex::default(),
         }
     }
 
-    /// The probe's own client.
+    /// A probe whose queues are durable (for brokers the test restarts).
+    pub fn durable(url: impl Into<String>) -> Self {
+        Self {
+            durable: true,
+            ..Self::new(url)
+        }
+    }
+
+    /// The probe's own client (connected again if the broker dropped it, as a restart does).
     ///
     /// # Errors
     /// When RabbitMQ cannot be reached.
-    pub async fn client(&self) -> Result<&QueueClient> {
-        self.client
-            .get_or_try_init(|| QueueClient::connect(&self.url))
-            .await
+    pub async fn client(&self) -> Result<Arc<QueueClient>> {
+        let mut client = self.client.lock().await;
+        if let Some(c) = client.as_ref()
+            && c.conn.status().connected()
+            && c.channel.status().connected()
+        {
+            return Ok(c.clone());
+        }
+        let fresh = Arc::new(QueueClient::connect(&self.url).await?);
+        *client = Some(fresh.clone());
+        Ok(fresh)
     }
 }
 
@@ -139,10 +174,12 @@ impl QueueProbe {
 impl Probe for QueueProbe {
     async fn topic(&self, hint: &str) -> Result<String> {
         let name = unique_name(&format!("publisher-test.{hint}"));
-        self.client()
-            .await?
-            .declare_queue(&name, FieldTable::default())
-            .await?;
+        let client = self.client().await?;
+        if self.durable {
+            client.declare_durable_queue(&name).await?;
+        } else {
+            client.declare_queue(&name, FieldTable::default()).await?;
+        }
         Ok(name)
     }
 

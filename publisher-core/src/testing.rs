@@ -1107,7 +1107,7 @@ pub async fn history_broker_restart(h: &dyn Harness) {
         &mut records,
         16,
         on_ok,
-        Duration::from_millis(50),
+        Duration::from_millis(500),
     )
     .await;
     let restarted = restart.lock().unwrap_or_else(|p| p.into_inner()).take();

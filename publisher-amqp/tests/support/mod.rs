@@ -7,8 +7,12 @@ use std::sync::Arc;
 use lapin::types::FieldTable;
 use publisher_amqp::testing::{QueueClient, QueueProbe};
 use publisher_amqp::{AmqpConfig, AmqpPublisher};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
 use publisher_core::Publisher;
-use publisher_core::testing::ProbeHarness;
+use publisher_core::testing::{Harness, OwnBroker, ProbeHarness};
 
 /// The shared RabbitMQ: `PUBLISHER_TEST_AMQP_URL` or the local default.
 pub fn amqp_url() -> String {
@@ -82,6 +86,157 @@ pub async fn harness() -> ProbeHarness<QueueProbe> {
         config.timeouts = timeouts;
         Ok(Box::new(AmqpPublisher::builder().config(config).build().await?) as Box<dyn Publisher>)
     })
+    .with_own_broker(|| async {
+        let node = RabbitNode::start().await?;
+        let url = node.url();
+        let open_url = url.clone();
+        let harness = ProbeHarness::new(QueueProbe::durable(url), move || {
+            let url = open_url.clone();
+            async move {
+                Ok(Box::new(
+                    AmqpPublisher::builder()
+                        .config(AmqpConfig::from_url(&url)?)
+                        .build()
+                        .await?,
+                ) as Box<dyn Publisher>)
+            }
+        });
+        Some(Box::new(OwnRabbit {
+            node: tokio::sync::Mutex::new(node),
+            harness,
+        }) as Box<dyn OwnBroker>)
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A RabbitMQ node of the test's own (its own node name, ports and data directory), for the
+/// restart scenario. Killed (SIGKILL) and its directory removed on drop.
+pub struct RabbitNode {
+    name: String,
+    port: u16,
+    dist_port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RabbitNode {
+    /// Starts a node; `None` (saying why) when `rabbitmq-server` is not installed here.
+    pub async fn start() -> Option<Self> {
+        if Command::new("rabbitmq-server")
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            println!("rabbitmq-server is not installed: no RabbitMQ node of the test's own");
+            return None;
+        }
+        let id = publisher_core::Uuid::now_v7().simple().to_string();
+        let dir = std::env::temp_dir().join(format!("publisher-rabbit-{id}"));
+        std::fs::create_dir_all(dir.join("log")).unwrap();
+        std::fs::write(dir.join("enabled_plugins"), "[].").unwrap();
+        // rabbitmq-server drops to the `rabbitmq` user when started as root.
+        let _ = Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(&dir)
+            .status();
+        let mut node = Self {
+            name: format!("publisher-test-{}@localhost", &id[id.len() - 12..]),
+            port: free_port(),
+            dist_port: free_port(),
+            dir,
+            child: None,
+        };
+        node.spawn().await;
+        Some(node)
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let d = &self.dir;
+        let child = Command::new("rabbitmq-server")
+            .env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
+            .env("RABBITMQ_MNESIA_DIR", d.join("mnesia").join("node"))
+            .env("RABBITMQ_FEATURE_FLAGS_FILE", d.join("feature_flags"))
+            .env("RABBITMQ_LOG_BASE", d.join("log"))
+            .env("RABBITMQ_PID_FILE", d.join("pid"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
+            .env("RABBITMQ_CONFIG_FILE", d.join("none"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", d.join("none.config"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rabbitmq-server");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            if publisher_amqp::testing::QueueClient::connect(&self.url())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the test's RabbitMQ node did not start within 90 s (logs in {})",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Kills the node hard (SIGKILL to the Erlang VM), as a crash would.
+    pub fn kill(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pid")) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(self.dir.join("pid"));
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The restart scenario's broker: a [`RabbitNode`], durable queues, persistent messages.
+pub struct OwnRabbit {
+    node: tokio::sync::Mutex<RabbitNode>,
+    harness: ProbeHarness<QueueProbe>,
+}
+
+#[publisher_core::async_trait]
+impl OwnBroker for OwnRabbit {
+    fn harness(&self) -> &dyn Harness {
+        &self.harness
+    }
+
+    async fn restart(&self, down: Duration) {
+        let mut node = self.node.lock().await;
+        node.kill();
+        tokio::time::sleep(down).await;
+        node.spawn().await;
+    }
 }
 
 /// Runs `rabbitmqctl` when it is available (a local broker); `None` otherwise.
