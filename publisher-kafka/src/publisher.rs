@@ -180,8 +180,14 @@ impl Inner {
         };
         let left = tokio::task::spawn_blocking(move || {
             let flushed = producer.flush(Timeout::After(limit));
-            let left = producer.in_flight_count().max(0) as usize;
-            if flushed.is_err() || left > 0 {
+            // Once a flush succeeded, every record has its delivery report; the producer's
+            // queue count also counts protocol requests (a metadata refresh, a reconnect to an
+            // unreachable broker), which are not records the close failed to deliver.
+            let left = match flushed {
+                Ok(()) => 0,
+                Err(_) => producer.in_flight_count().max(0) as usize,
+            };
+            if left > 0 {
                 tracing::warn!(
                     backend = BACKEND,
                     left,
