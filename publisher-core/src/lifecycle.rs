@@ -86,6 +86,10 @@ struct Inner {
     abandoned: AtomicBool,
     /// Events whose publish returned `OutcomeUnknown` because the drain gave up on them.
     abandoned_events: AtomicUsize,
+    /// Held while a given-up publish counts its events and leaves the gate, and while close
+    /// reads both counts: an event is counted either as given up or as still in flight, never
+    /// both. Only the close path and given-up publishes take it.
+    giving_up: std::sync::Mutex<()>,
     /// Cancelled when closing (or dropped): background tasks stop.
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -162,9 +166,10 @@ impl Inner {
                 );
             }
             // Counted by the publishes themselves as they gave up (a batch counts only its
-            // unconfirmed events); those that have not stopped yet will give up when next
-            // polled.
-            abandoned_in_flight = self.abandoned_events.load(Ordering::Acquire) + remaining;
+            // unconfirmed events), plus those that have not stopped yet (they give up when next
+            // polled), read together so that none is counted twice.
+            let _counting = self.giving_up.lock().unwrap_or_else(|p| p.into_inner());
+            abandoned_in_flight = self.abandoned_events.load(Ordering::Acquire) + self.in_flight();
         }
 
         self.shutdown.cancel();
@@ -242,6 +247,7 @@ impl Lifecycle {
                 abandon: CancellationToken::new(),
                 abandoned: AtomicBool::new(false),
                 abandoned_events: AtomicUsize::new(0),
+                giving_up: std::sync::Mutex::new(()),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 close: OnceLock::new(),
@@ -277,9 +283,21 @@ impl Lifecycle {
     /// # Errors
     /// [`ErrorKind::Closed`] once closing has started.
     pub fn enter_events(&self, events: usize) -> Result<InFlight> {
-        if self.inner.state.fetch_add(events, Ordering::AcqRel) & CLOSING != 0 {
-            self.inner.exit(events);
-            return Err(Error::closed(self.inner.backend));
+        // Compare-and-swap, so that a refused batch never shows in the in-flight count.
+        let mut state = self.inner.state.load(Ordering::Acquire);
+        loop {
+            if state & CLOSING != 0 {
+                return Err(Error::closed(self.inner.backend));
+            }
+            match self.inner.state.compare_exchange_weak(
+                state,
+                state + events,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => state = actual,
+            }
         }
         Ok(InFlight {
             inner: self.inner.clone(),
@@ -300,14 +318,15 @@ impl Lifecycle {
     where
         Fut: Future<Output = Result<T>>,
     {
-        let _guard = self.enter()?;
-        self.gated(timeout, what, fut, || 1).await
+        let guard = self.enter()?;
+        self.gated(guard, timeout, what, fut, || 1).await
     }
 
     /// Polls `fut` under the publish timeout and the abandonment watch. `unconfirmed` says how
     /// many events are still waiting for the broker when it is abandoned.
     async fn gated<T, Fut>(
         &self,
+        guard: InFlight,
         timeout: Duration,
         what: &str,
         fut: Fut,
@@ -323,10 +342,13 @@ impl Lifecycle {
         // poll (a buffered console write) never touches them.
         let mut timer = std::pin::pin!(tokio::time::sleep(timeout));
         let mut abandoned = std::pin::pin!(inner.abandon.cancelled());
-        let give_up = || {
+        let mut guard = Some(guard);
+        let mut give_up = || {
+            let _counting = inner.giving_up.lock().unwrap_or_else(|p| p.into_inner());
             inner
                 .abandoned_events
                 .fetch_add(unconfirmed(), Ordering::AcqRel);
+            drop(guard.take());
             Poll::Ready(Err(Error::outcome_unknown(
                 inner.backend,
                 format!(
@@ -338,10 +360,23 @@ impl Lifecycle {
         // The publish is polled first and once per wake-up: polling a pending client future
         // again for nothing (as `select!` after a first poll would) costs real work in some
         // clients (lapin registers a new listener on every poll). Abandonment is checked before
-        // every poll, so an abandoned publish never sends more.
+        // every poll, so an abandoned publish never sends more; so is an elapsed timeout.
+        let timed_out = || {
+            Poll::Ready(Err(Error::outcome_unknown(
+                inner.backend,
+                format!(
+                    "{what} timed out after {} before the broker confirmed (the broker may \
+                     or may not have it)",
+                    humantime::format_duration(timeout)
+                ),
+            )))
+        };
         std::future::poll_fn(|cx| {
             if inner.abandoned.load(Ordering::Acquire) {
                 return give_up();
+            }
+            if timer.is_elapsed() {
+                return timed_out();
             }
             if let Poll::Ready(r) = fut.as_mut().poll(cx) {
                 return Poll::Ready(r);
@@ -350,14 +385,7 @@ impl Lifecycle {
                 return give_up();
             }
             if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(Error::outcome_unknown(
-                    inner.backend,
-                    format!(
-                        "{what} timed out after {} before the broker confirmed (the broker may \
-                         or may not have it)",
-                        humantime::format_duration(timeout)
-                    ),
-                )));
+                return timed_out();
             }
             Poll::Pending
         })
@@ -386,7 +414,7 @@ impl Lifecycle {
     {
         debug_assert_eq!(events.len(), results.len());
         let failure = match self.enter_events(events.len()) {
-            Ok(_guard) => {
+            Ok(guard) => {
                 let unconfirmed = || {
                     events
                         .iter()
@@ -394,14 +422,16 @@ impl Lifecycle {
                         .filter(|(e, r)| r.is_none() && check(e).is_ok())
                         .count()
                 };
-                self.gated(timeout, what, fut, unconfirmed).await.err()
+                self.gated(guard, timeout, what, fut, unconfirmed)
+                    .await
+                    .err()
             }
             Err(e) => Some(e),
         };
         results.to_outcome(events, |event| match &failure {
             Some(e) => check(event).and(Err(e.clone())),
-            None => Err(Error::new(
-                ErrorKind::Other,
+            // A backend bug, but the event may have been sent: never say it was not.
+            None => Err(Error::outcome_unknown(
                 self.inner.backend,
                 "the backend returned no result for this event of the batch",
             )),
