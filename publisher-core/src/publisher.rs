@@ -50,7 +50,7 @@ use crate::outcome::{BatchOutcome, CloseReport, Receipt};
 /// | every backend | the publish timeout passed, or the close deadline passed, before the broker confirmed (the gate's own errors) |
 /// | redis | the connection was lost, or the response timeout passed, after the command was written |
 /// | amqp | the channel or connection closed while the confirm was pending |
-/// | kafka | a delivery report says `MessageTimedOut`, `RequestTimedOut`, `NotEnoughReplicasAfterAppend` or in-flight purge, or the producer went away before the report |
+/// | kafka | a delivery report says the record timed out (`MessageTimedOut`, `RequestTimedOut`), was appended without enough replicas, was purged in flight, or could not reach a broker after librdkafka had it (transport or availability errors); or the producer went away before the report |
 /// | console | a write or flush was cut off by the publish timeout (part of the line may be out) |
 ///
 /// A batch that times out or is abandoned keeps every result already known; only its

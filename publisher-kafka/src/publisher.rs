@@ -127,7 +127,21 @@ fn delivered(
             partition: d.partition,
             offset: d.offset,
         }),
-        Err((e, _)) => Err(from_kafka(e, max)),
+        Err((e, _)) => Err(delivery_error(from_kafka(e, max))),
+    }
+}
+
+/// A delivery report's error: the record was handed to librdkafka, which may have sent it
+/// (and retried it) before giving up, so a transport or availability failure does not mean the
+/// broker lacks it.
+fn delivery_error(e: Error) -> Error {
+    match e.kind() {
+        ErrorKind::Connect | ErrorKind::Unavailable | ErrorKind::Timeout => Error::outcome_unknown(
+            BACKEND,
+            format!("{} (the record may have been written)", e.message()),
+        )
+        .with_source(e),
+        _ => e,
     }
 }
 
