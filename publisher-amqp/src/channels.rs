@@ -1,5 +1,5 @@
 //! The connection (ours, reconnected on demand, or lent by the caller) and the deadpool pool of
-//! confirm-mode channels opened on it.
+//! confirm-mode channels opened on it, each with its confirm tracker.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +10,10 @@ use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties};
 use publisher_core::{Error, ErrorKind, Result};
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
+use crate::confirms::Confirms;
 use crate::error::from_lapin;
 
 /// Where the connection comes from.
@@ -119,29 +121,42 @@ impl Link {
     }
 }
 
+/// A confirm-mode channel and the tracker that matches its confirms (and returns) to their
+/// publishes.
+#[derive(Debug, Clone)]
+pub struct ConfirmChannel {
+    pub(crate) channel: Channel,
+    pub(crate) confirms: Arc<Confirms>,
+}
+
 /// Opens confirm-mode channels on the publisher's connection and checks them before reuse.
 #[derive(Debug)]
 pub struct ChannelManager {
     pub(crate) link: Arc<Link>,
+    /// Stops the channels' confirm trackers when the publisher closes or is dropped.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl managed::Manager for ChannelManager {
-    type Type = Channel;
+    type Type = ConfirmChannel;
     type Error = Error;
 
-    async fn create(&self) -> Result<Channel> {
+    async fn create(&self) -> Result<ConfirmChannel> {
         let conn = self.link.connection().await?;
         let channel = conn.create_channel().await.map_err(from_lapin)?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(from_lapin)?;
-        Ok(channel)
+        Ok(ConfirmChannel {
+            channel,
+            confirms: Arc::new(Confirms::spawn(self.shutdown.clone())),
+        })
     }
 
-    async fn recycle(&self, channel: &mut Channel, _: &Metrics) -> RecycleResult<Error> {
+    async fn recycle(&self, channel: &mut ConfirmChannel, _: &Metrics) -> RecycleResult<Error> {
         // A channel closed by the broker (or on a dropped connection) is replaced.
-        if channel.status().connected() {
+        if channel.channel.status().connected() {
             Ok(())
         } else {
             Err(RecycleError::message("channel is no longer open"))

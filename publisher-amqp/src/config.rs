@@ -88,6 +88,12 @@ pub struct AmqpConfig {
     pub mandatory: bool,
     /// Persistent delivery mode (2). Default: true.
     pub persistent: bool,
+    /// The largest payload sent, in bytes: a larger event fails with `InvalidEvent` (field
+    /// `payload`) before anything is sent. RabbitMQ closes the whole channel on a message over
+    /// its `max_message_size`, failing every other publish in flight on it, so this must not
+    /// exceed the broker's setting. Default: 128 MiB (134,217,728), RabbitMQ's default
+    /// `max_message_size`; at most 512 MiB, RabbitMQ's hard limit.
+    pub max_message_bytes: usize,
     /// Heartbeat interval negotiated with the broker, whole seconds from 1 to 65535.
     /// A dead connection is detected within about two intervals; after close (or drop) lapin's
     /// heartbeat timer task lingers for up to one interval before it exits. Default: 10 s.
@@ -103,6 +109,11 @@ pub struct AmqpConfig {
     pub timeouts: Timeouts,
 }
 
+/// RabbitMQ's default `max_message_size` (128 MiB).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
+/// RabbitMQ's hard limit on `max_message_size` (512 MiB).
+const MAX_MESSAGE_BYTES_LIMIT: usize = 512 * 1024 * 1024;
+
 impl Default for AmqpConfig {
     fn default() -> Self {
         Self {
@@ -111,6 +122,7 @@ impl Default for AmqpConfig {
             declare_exchange: None,
             mandatory: true,
             persistent: true,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             heartbeat: Duration::from_secs(10),
             connection_name: "publisher-amqp".into(),
             pool: PoolConfig::default(),
@@ -127,6 +139,7 @@ impl fmt::Debug for AmqpConfig {
             .field("declare_exchange", &self.declare_exchange)
             .field("mandatory", &self.mandatory)
             .field("persistent", &self.persistent)
+            .field("max_message_bytes", &self.max_message_bytes)
             .field("heartbeat", &self.heartbeat)
             .field("connection_name", &self.connection_name)
             .field("pool", &self.pool)
@@ -157,7 +170,7 @@ impl AmqpConfig {
     /// Parses `amqp://user:password@host:port/vhost` (or `amqps://`, feature `tls`) with optional
     /// query parameters `heartbeat=SECONDS`, `exchange=NAME`, `exchange_type=direct|fanout|topic|headers`
     /// (declares the exchange, durable unless `exchange_durable=false`), `mandatory=BOOL`,
-    /// `persistent=BOOL`, `connection_name=NAME`, `pool_max_size=N`.
+    /// `persistent=BOOL`, `max_message_bytes=N`, `connection_name=NAME`, `pool_max_size=N`.
     ///
     /// # Errors
     /// `Config` naming `url` or the parameter at fault.
@@ -182,6 +195,11 @@ impl AmqpConfig {
                 "exchange_durable" => exchange_durable = parse_bool("exchange_durable", &v)?,
                 "mandatory" => cfg.mandatory = parse_bool("mandatory", &v)?,
                 "persistent" => cfg.persistent = parse_bool("persistent", &v)?,
+                "max_message_bytes" => {
+                    cfg.max_message_bytes = v.parse().map_err(|_| {
+                        bad("max_message_bytes", format!("`{v}` is not a number of bytes"))
+                    })?;
+                }
                 "connection_name" => cfg.connection_name = v.into_owned(),
                 "pool_max_size" => {
                     cfg.pool.max_size = v
@@ -194,7 +212,7 @@ impl AmqpConfig {
                         format!(
                             "unknown query parameter `{other}` (known: heartbeat, exchange, \
                              exchange_type, exchange_durable, mandatory, persistent, \
-                             connection_name, pool_max_size)"
+                             max_message_bytes, connection_name, pool_max_size)"
                         ),
                     ));
                 }
@@ -224,6 +242,12 @@ impl AmqpConfig {
             return Err(bad(
                 "declare_exchange",
                 "the default exchange cannot be declared: set `exchange` to a name",
+            ));
+        }
+        if self.max_message_bytes == 0 || self.max_message_bytes > MAX_MESSAGE_BYTES_LIMIT {
+            return Err(bad(
+                "max_message_bytes",
+                "must be between 1 byte and 512 MiB (RabbitMQ's hard limit)",
             ));
         }
         if self.connection_name.len() > MAX_SHORT_STRING {

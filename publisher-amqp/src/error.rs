@@ -6,13 +6,16 @@ use publisher_core::{Error, ErrorKind};
 
 use crate::BACKEND;
 
-/// The error of a publish whose message was handed to the channel but whose confirm never came.
-/// A connection or channel lost while the confirm was pending: RabbitMQ may or may not have the
-/// message (`OutcomeUnknown`). A channel the broker closed with a protocol error (404 missing
-/// exchange, 403, 406) keeps that error's kind: the refusal is about a message on the channel,
-/// which may not be this one (issue 14 attributes it exactly).
+/// The error of a publish whose message was handed to the channel but whose confirm never came:
+/// RabbitMQ may or may not have the message (`OutcomeUnknown`), whether the connection was lost
+/// or the broker closed the channel because of some message on it (403 refused routing key,
+/// 406 precondition failed: the refusal names no message, so every publish pending on the
+/// channel gets this, never `Rejected`). The exception is 404 on our exchange: every message
+/// on the channel went to that missing exchange, so none was routed (`Rejected`).
 pub(crate) fn confirm_lost(e: lapin::Error) -> Error {
-    if matches!(e.kind(), LapinKind::ProtocolError(_)) {
+    if let LapinKind::ProtocolError(amqp) = e.kind()
+        && amqp.get_id() == 404
+    {
         return from_lapin(e);
     }
     let cause = from_lapin(e);

@@ -4,13 +4,14 @@
 
 mod channels;
 mod config;
+mod confirms;
 mod error;
 pub mod mapping;
 mod publisher;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use channels::{ChannelManager, ChannelPool};
+pub use channels::{ChannelManager, ChannelPool, ConfirmChannel};
 pub use config::{AmqpConfig, ExchangeDeclare, ExchangeKind, MAX_SHORT_STRING};
 pub use publisher::{AmqpPublisher, AmqpPublisherBuilder};
 

@@ -45,8 +45,19 @@ fn short(field: &'static str, s: &str) -> Result<ShortString> {
 
 /// Checks what AMQP can carry: a routing key and header names of at most 255 bytes, no
 /// reserved header names.
-pub(crate) fn validate(event: &Event) -> Result<()> {
+pub(crate) fn validate(event: &Event, max_message_bytes: usize) -> Result<()> {
     event.validate(BACKEND)?;
+    if event.payload().len() > max_message_bytes {
+        return Err(Error::invalid_event(
+            BACKEND,
+            "payload",
+            format!(
+                "{} bytes is over max_message_bytes ({max_message_bytes}); RabbitMQ would close \
+                 the channel on it",
+                event.payload().len()
+            ),
+        ));
+    }
     short("topic", event.topic())?;
     for name in event.headers().keys() {
         short("headers", name)?;

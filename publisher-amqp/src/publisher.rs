@@ -4,16 +4,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool::Runtime;
-use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Connection, PublisherConfirm};
+use lapin::Connection;
 use publisher_core::{
     Backend, BatchResults, Error, ErrorKind, Event, Health, Lifecycle, Position, Result, Teardown,
 };
 
 use crate::BACKEND;
-use crate::channels::{ChannelManager, ChannelPool, Link};
+use crate::channels::{ChannelManager, ChannelPool, ConfirmChannel, Link};
+use crate::confirms::Outcome;
 use crate::config::AmqpConfig;
 use crate::error::{confirm_lost, from_lapin, from_pool};
 use crate::mapping::{properties, validate};
@@ -21,8 +21,10 @@ use crate::mapping::{properties, validate};
 /// Publishes to a RabbitMQ exchange over a pool of confirm-mode channels.
 ///
 /// `publish` returns Ok only after RabbitMQ confirmed the message (basic.ack) and did not return
-/// it as unroutable. A nack or a return is [`ErrorKind::Rejected`]; a confirm that does not come
-/// within the publish timeout is [`ErrorKind::Timeout`].
+/// it as unroutable. A nack or a return is [`ErrorKind::Rejected`], for the message it is about
+/// only (returns are matched to publishes by the event id, whatever the ack pattern); a confirm
+/// that does not come within the publish timeout, or is lost with its channel, is
+/// [`ErrorKind::OutcomeUnknown`]. Payloads over `max_message_bytes` are refused before sending.
 #[derive(Debug)]
 pub struct AmqpPublisher {
     inner: Arc<Inner>,
@@ -36,7 +38,7 @@ struct Inner {
     link: Arc<Link>,
     pool: ChannelPool,
     /// The channel the pool handed out last, shared by publishes while it is open.
-    current: std::sync::Mutex<Option<Arc<lapin::Channel>>>,
+    current: std::sync::Mutex<Option<Arc<ConfirmChannel>>>,
     /// One publish at a time replaces the shared channel; the others wait for it rather than
     /// each opening a channel.
     replacing: tokio::sync::Mutex<()>,
@@ -98,7 +100,11 @@ impl AmqpPublisherBuilder {
                 config.timeouts.connect,
             ),
         });
-        let pool = ChannelPool::builder(ChannelManager { link: link.clone() })
+        let lifecycle = Lifecycle::new(BACKEND, config.timeouts.close);
+        let pool = ChannelPool::builder(ChannelManager {
+            link: link.clone(),
+            shutdown: lifecycle.shutdown_token(),
+        })
             .max_size(config.pool.max_size)
             .wait_timeout(Some(config.pool.wait_timeout))
             .create_timeout(Some(
@@ -134,7 +140,6 @@ impl AmqpPublisherBuilder {
                     Error::timeout(BACKEND, "declaring the exchange", config.timeouts.connect)
                 })??;
         }
-        let lifecycle = Lifecycle::new(BACKEND, config.timeouts.close);
         Ok(AmqpPublisher {
             inner: Arc::new(Inner {
                 config,
@@ -186,16 +191,16 @@ impl Inner {
         }
     }
 
-    fn current(&self) -> std::sync::MutexGuard<'_, Option<Arc<lapin::Channel>>> {
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<Arc<ConfirmChannel>>> {
         // Guards one Option; never held across an await or a panic-prone call.
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The shared channel, if it is still open.
-    fn open_channel(&self) -> Option<Arc<lapin::Channel>> {
+    fn open_channel(&self) -> Option<Arc<ConfirmChannel>> {
         self.current()
             .as_ref()
-            .filter(|c| c.status().connected())
+            .filter(|c| c.channel.status().connected())
             .cloned()
     }
 
@@ -203,7 +208,7 @@ impl Inner {
     /// the channel the pool handed out last while it is open, instead of queueing for channels
     /// (`pool.max_size` bounds the channels opened, not the publishes in flight); the pool,
     /// which opens and checks channels, is asked only when that channel closed.
-    async fn channel(&self) -> Result<Arc<lapin::Channel>> {
+    async fn channel(&self) -> Result<Arc<ConfirmChannel>> {
         if let Some(c) = self.open_channel() {
             return Ok(c);
         }
@@ -212,7 +217,7 @@ impl Inner {
         Box::pin(self.checkout()).await
     }
 
-    async fn checkout(&self) -> Result<Arc<lapin::Channel>> {
+    async fn checkout(&self) -> Result<Arc<ConfirmChannel>> {
         let _replacing = self.replacing.lock().await;
         if let Some(c) = self.open_channel() {
             return Ok(c);
@@ -228,9 +233,17 @@ impl Inner {
         Ok(channel)
     }
 
-    async fn send(&self, channel: &lapin::Channel, event: &Event) -> Result<PublisherConfirm> {
+    /// Sends one message and hands its confirm to the channel's tracker; the receiver gets the
+    /// broker's answer for this message.
+    async fn send(
+        &self,
+        channel: &ConfirmChannel,
+        event: &Event,
+    ) -> Result<tokio::sync::oneshot::Receiver<Outcome>> {
         let (routing_key, props) = properties(event, self.config.persistent)?;
-        channel
+        let ticket = channel.confirms.begin();
+        let confirm = channel
+            .channel
             .basic_publish(
                 self.exchange.clone(),
                 routing_key,
@@ -242,24 +255,27 @@ impl Inner {
                 props,
             )
             .await
-            .map_err(from_lapin)
+            .map_err(from_lapin)?;
+        Ok(channel.confirms.track(ticket, event.id(), confirm))
     }
 
-    fn confirmed(&self, event: &Event, confirmation: Confirmation) -> Result<Position> {
-        match confirmation {
-            Confirmation::Ack(None) => Ok(Position::None),
-            Confirmation::Ack(Some(returned)) => Err(Error::new(
+    fn confirmed(
+        &self,
+        event: &Event,
+        outcome: std::result::Result<Outcome, tokio::sync::oneshot::error::RecvError>,
+    ) -> Result<Position> {
+        match outcome {
+            Ok(Outcome::Acked) => Ok(Position::None),
+            Ok(Outcome::Returned { code, text }) => Err(Error::new(
                 ErrorKind::Rejected,
                 BACKEND,
                 format!(
-                    "unroutable: exchange `{}` has no queue for routing key `{}` ({} {})",
+                    "unroutable: exchange `{}` has no queue for routing key `{}` ({code} {text})",
                     self.config.exchange,
                     event.topic(),
-                    returned.reply_code,
-                    returned.reply_text
                 ),
             )),
-            Confirmation::Nack(_) => Err(Error::new(
+            Ok(Outcome::Nacked) => Err(Error::new(
                 ErrorKind::Rejected,
                 BACKEND,
                 format!(
@@ -268,10 +284,11 @@ impl Inner {
                     event.topic()
                 ),
             )),
-            Confirmation::NotRequested => Err(Error::new(
-                ErrorKind::Other,
+            Ok(Outcome::Lost(e)) => Err(confirm_lost(e)),
+            Ok(Outcome::Undecided) | Err(_) => Err(Error::outcome_unknown(
                 BACKEND,
-                "the channel is not in confirm mode; refusing to report an unconfirmed publish",
+                "RabbitMQ acked the message, but the publisher closed before a return for it \
+                 could be ruled out",
             )),
         }
     }
@@ -283,9 +300,10 @@ impl Inner {
         self.pool.close();
         let closing = removed
             .into_iter()
-            .filter(|c| c.status().connected())
+            .filter(|c| c.channel.status().connected())
             .map(|c| async move {
-                let _ = tokio::time::timeout(limit, c.close(200, "publisher closed".into())).await;
+                let _ = tokio::time::timeout(limit, c.channel.close(200, "publisher closed".into()))
+                    .await;
             });
         futures::future::join_all(closing).await;
         self.link.close(limit).await;
@@ -302,21 +320,20 @@ impl Backend for Inner {
     }
 
     fn check(&self, event: &Event) -> Result<()> {
-        validate(event)
+        validate(event, self.config.max_message_bytes)
     }
 
     async fn publish(&self, event: &Event) -> Result<Position> {
-        validate(event)?;
+        self.check(event)?;
         let channel = self.channel().await?;
-        let confirm = self.send(&channel, event).await?;
-        let confirmation = confirm.await.map_err(confirm_lost)?;
-        self.confirmed(event, confirmation)
+        let outcome = self.send(&channel, event).await?;
+        self.confirmed(event, outcome.await)
     }
 
     async fn publish_batch(&self, events: &[Event], results: &BatchResults) -> Result<()> {
         let mut valid = Vec::with_capacity(events.len());
         for (i, event) in events.iter().enumerate() {
-            match validate(event) {
+            match self.check(event) {
                 Ok(()) => valid.push(i),
                 Err(e) => results.set(i, Err(e)),
             }
@@ -325,21 +342,17 @@ impl Backend for Inner {
             return Ok(());
         }
         let channel = self.channel().await?;
-        let mut confirms = Vec::with_capacity(valid.len());
+        let mut outcomes = Vec::with_capacity(valid.len());
         for i in valid {
             match self.send(&channel, &events[i]).await {
-                Ok(confirm) => confirms.push((i, confirm)),
+                Ok(outcome) => outcomes.push((i, outcome)),
                 Err(e) => results.set(i, Err(e)),
             }
         }
-        let confirms = confirms.into_iter().map(|(i, confirm)| async move {
-            let r = match confirm.await {
-                Ok(confirmation) => self.confirmed(&events[i], confirmation),
-                Err(e) => Err(confirm_lost(e)),
-            };
-            results.set(i, r);
+        let outcomes = outcomes.into_iter().map(|(i, outcome)| async move {
+            results.set(i, self.confirmed(&events[i], outcome.await));
         });
-        futures::future::join_all(confirms).await;
+        futures::future::join_all(outcomes).await;
         Ok(())
     }
 

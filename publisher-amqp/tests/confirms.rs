@@ -145,3 +145,72 @@ async fn missing_exchange_is_rejected_and_the_pool_recovers() {
     }
     publisher.close().await.unwrap();
 }
+
+/// 100,000 events, half routable and half unroutable (mandatory), interleaved: 50,000 single
+/// publishes with 1,024 in flight, then 50,000 in batches of 1,000. Every outcome must be the
+/// event's own (history-checked against the queue): however RabbitMQ coalesces its acks, a
+/// return never lands on a neighbour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returns_are_matched_to_their_own_publish_over_100_000_events() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use publisher_core::testing::{
+        Faults, Harness, History, Intent, Record, publish_batches, publish_each,
+    };
+
+    let harness = support::harness().await;
+    for batched in [false, true] {
+        let topic = harness.topic("attribution").await.unwrap();
+        let p: Arc<dyn Publisher> = Arc::from(harness.publisher().await.unwrap());
+        let mut records: Vec<Record> = (0..50_000)
+            .map(|i| {
+                if i % 2 == 1 {
+                    let bad = harness
+                        .bad_event(Intent::Unroutable, &topic, i)
+                        .expect("amqp makes unroutable events");
+                    Record {
+                        event: bad.event,
+                        intent: Intent::Unroutable,
+                        expect: Some(bad.expect),
+                        outcome: None,
+                    }
+                } else {
+                    Record {
+                        event: Event::text(topic.clone(), format!("routable {i}"))
+                            .with_key(format!("k{}", i % 7)),
+                        intent: Intent::Good,
+                        expect: None,
+                        outcome: None,
+                    }
+                }
+            })
+            .collect();
+        let scenario = if batched {
+            publish_batches(p.clone(), &mut records, 1_000, 2).await;
+            "amqp 50,000 mixed in batches of 1,000"
+        } else {
+            publish_each(p.clone(), &mut records, 1_024, Arc::new(|_| {}), Duration::ZERO).await;
+            "amqp 50,000 mixed singles, c=1024"
+        };
+        let ok = records
+            .iter()
+            .filter(|r| matches!(r.outcome, Some(Ok(()))))
+            .count();
+        let got = harness
+            .read(&topic, ok, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let verdict = History {
+            scenario: scenario.into(),
+            records,
+            faults: Faults::None,
+        }
+        .check(&got, true, true);
+        println!("history {verdict}");
+        p.close().await.unwrap();
+        harness.cleanup(&topic).await;
+        verdict.assert_holds();
+        assert_eq!(verdict.ok, 25_000);
+    }
+}
