@@ -135,6 +135,8 @@ pub struct ChannelManager {
     pub(crate) link: Arc<Link>,
     /// Stops the channels' confirm trackers when the publisher closes or is dropped.
     pub(crate) shutdown: CancellationToken,
+    /// Publishes are mandatory (returns are to be matched).
+    pub(crate) mandatory: bool,
 }
 
 impl managed::Manager for ChannelManager {
@@ -149,8 +151,12 @@ impl managed::Manager for ChannelManager {
             .await
             .map_err(from_lapin)?;
         Ok(ConfirmChannel {
-            channel,
-            confirms: Arc::new(Confirms::spawn(self.shutdown.clone())),
+            channel: channel.clone(),
+            confirms: Arc::new(Confirms::spawn(
+                channel.clone(),
+                self.mandatory,
+                self.shutdown.clone(),
+            )),
         })
     }
 

@@ -197,7 +197,10 @@ impl AmqpConfig {
                 "persistent" => cfg.persistent = parse_bool("persistent", &v)?,
                 "max_message_bytes" => {
                     cfg.max_message_bytes = v.parse().map_err(|_| {
-                        bad("max_message_bytes", format!("`{v}` is not a number of bytes"))
+                        bad(
+                            "max_message_bytes",
+                            format!("`{v}` is not a number of bytes"),
+                        )
                     })?;
                 }
                 "connection_name" => cfg.connection_name = v.into_owned(),

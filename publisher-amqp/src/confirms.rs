@@ -1,36 +1,41 @@
 //! [`Confirms`]: publisher confirms matched to their own messages, returns included.
 //!
 //! `basic.return` carries no delivery tag. lapin queues returned messages in arrival order and
-//! hands the head of that queue to whichever confirm it completes next; a coalesced
-//! `basic.ack(multiple)` completes several confirms in hash-map order. So the `Confirmation`
-//! one publish receives may carry another publish's returned message, and a returned publish
-//! may see a plain ack.
+//! hands the head of that queue to whichever confirm it completes next (a coalesced
+//! `basic.ack(multiple)` completes several, in hash-map order). So the confirmation one publish
+//! receives may carry another publish's returned message, and a returned publish may see a
+//! plain ack. RabbitMQ sends a message's return before its ack, but acks of different messages
+//! may come in any order, so a later message's ack may come before an earlier message's return.
 //!
-//! What holds, and what this module builds on: RabbitMQ sends a message's `basic.return`
-//! before the ack that covers it, and lapin completes confirms one after the other, popping at
-//! most one returned message per completion. So when a publish's confirm completes without a
-//! returned message, its own return (if it had one) went to a confirm completed *before* it.
+//! One task per channel owns every pending confirm of that channel. It records every returned
+//! message under its `message_id` (the event id) whichever confirm carried it, and decides an
+//! ack of message X only once X's return, if any, is proven to have been handed to a confirm the
+//! task has read: a message that began after X's ack was read completed carrying no returned
+//! message. lapin's queue of returns was empty at that moment, and X's return had arrived
+//! before X's ack, so it had been handed out already, to a confirm completed earlier (which the
+//! task reads before deciding). When no later publish comes (the last of a burst), the task
+//! sends one: an empty, non-mandatory message to the default exchange under a routing key no
+//! queue has, which RabbitMQ acks and drops (the user needs write access to the default
+//! exchange). A publish whose id was returned is `Returned`, whoever received the message.
+//! Under load an unreturned mandatory publish is decided about one round trip after its ack.
 //!
-//! One task per channel owns every pending confirm of that channel and polls them as lapin
-//! completes them (a `FuturesUnordered` runs woken futures in wake order), records every returned
-//! message under its `message_id` (the event id), and decides an ack only once every confirm
-//! that could have been completed before it has been seen: all those already handed to the
-//! task have been polled, and no publish that began before the ack was seen is still between
-//! `basic_publish` and handing its confirm over. A publish whose id was returned is
-//! `Returned`, whoever received the message.
+//! Publishes take their ticket, and lapin its delivery tag and its place on the wire, under
+//! one lock ([`Confirms::ordered`]), so that tickets follow the broker's order.
 //!
-//! The task also keeps confirms of publishes that gave up (timed out, cancelled) until the
+//! The task keeps the confirms of publishes that gave up (timed out, cancelled) until the
 //! broker answers, so lapin never stores them as dropped confirms.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use futures::FutureExt;
-use lapin::{Confirmation, PublisherConfirm};
+use lapin::types::ShortString;
+use lapin::{Channel, Confirmation, PublisherConfirm};
+use publisher_core::Uuid;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::BACKEND;
 
@@ -56,16 +61,61 @@ struct Sending {
     open: BTreeSet<u64>,
 }
 
+/// What publishers and the task share.
+struct Shared {
+    /// Held while a publish takes its ticket and lapin registers its delivery tag and queues
+    /// its frames (see [`Confirms::ordered`]).
+    order: Mutex<()>,
+    sending: Mutex<Sending>,
+}
+
+impl Shared {
+    fn sending(&self) -> MutexGuard<'_, Sending> {
+        // Guards an integer and a set; never held across an await.
+        self.sending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the next ticket.
+    fn begin(self: &Arc<Self>) -> Ticket {
+        let mut s = self.sending();
+        let ticket = s.next;
+        s.next += 1;
+        s.open.insert(ticket);
+        Ticket {
+            ticket,
+            shared: self.clone(),
+        }
+    }
+
+    async fn ordered<F, T>(self: &Arc<Self>, publish: F) -> (Ticket, T)
+    where
+        F: Future<Output = T>,
+    {
+        let mut publish = std::pin::pin!(publish);
+        let mut ticket = None;
+        let out = std::future::poll_fn(|cx| {
+            if ticket.is_none() {
+                let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+                ticket = Some(self.begin());
+            }
+            publish.as_mut().poll(cx)
+        })
+        .await;
+        (ticket.expect("polled at least once"), out)
+    }
+}
+
 struct Tracked {
     ticket: u64,
     id: Uuid,
     confirm: PublisherConfirm,
-    reply: oneshot::Sender<Outcome>,
+    /// `None` for the task's own probes.
+    reply: Option<oneshot::Sender<Outcome>>,
 }
 
 /// The confirm tracker of one channel (see the [module docs](self)).
 pub(crate) struct Confirms {
-    sending: Arc<Mutex<Sending>>,
+    shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Tracked>,
 }
 
@@ -80,43 +130,58 @@ impl std::fmt::Debug for Confirms {
 /// decisions back.
 pub(crate) struct Ticket {
     ticket: u64,
-    sending: Arc<Mutex<Sending>>,
+    shared: Arc<Shared>,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        lock(&self.sending).open.remove(&self.ticket);
+        self.shared.sending().open.remove(&self.ticket);
     }
-}
-
-fn lock(m: &Mutex<Sending>) -> MutexGuard<'_, Sending> {
-    // Guards two integers and a set; never held across an await.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Confirms {
-    /// A tracker whose task ends when the tracker is dropped and every confirm handed to it is
-    /// answered, or at once when `shutdown` fires.
-    pub(crate) fn spawn(shutdown: CancellationToken) -> Self {
-        let sending = Arc::new(Mutex::new(Sending {
-            next: 0,
-            open: BTreeSet::new(),
-        }));
+    /// A tracker for `channel`, whose task ends when the tracker is dropped and every confirm
+    /// handed to it is answered, or at once when `shutdown` fires. Without `mandatory`
+    /// publishes nothing is returned, and acks are decided as they come.
+    pub(crate) fn spawn(channel: Channel, mandatory: bool, shutdown: CancellationToken) -> Self {
+        let shared = Arc::new(Shared {
+            order: Mutex::new(()),
+            sending: Mutex::new(Sending {
+                next: 0,
+                open: BTreeSet::new(),
+            }),
+        });
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx, sending.clone(), shutdown));
-        Self { sending, tx }
+        let task = Task {
+            shared: shared.clone(),
+            channel,
+            mandatory,
+            probe_key: format!("publisher.confirm-probe.{}", Uuid::now_v7().simple()).into(),
+            pending: FuturesUnordered::new(),
+            returned: HashMap::new(),
+            undecided: Vec::new(),
+            proofs: Vec::new(),
+            proven: None,
+            probing: false,
+            dead: false,
+        };
+        tokio::spawn(task.run(rx, shutdown));
+        Self { shared, tx }
     }
 
-    /// Call right before `basic_publish`.
-    pub(crate) fn begin(&self) -> Ticket {
-        let mut s = lock(&self.sending);
-        let ticket = s.next;
-        s.next += 1;
-        s.open.insert(ticket);
-        Ticket {
-            ticket,
-            sending: self.sending.clone(),
-        }
+    /// Runs `basic_publish` so that its ticket, its delivery tag and its place on the wire come
+    /// in the same order for every publish on the channel.
+    ///
+    /// lapin assigns the delivery tag and queues the frames in the first poll of
+    /// `basic_publish`, under two different locks: two publishes polled at once on two threads
+    /// can take tags 5 and 6 and reach the broker as 6 and 5, so that the broker's ack for one
+    /// completes the other's confirm. Here the first poll (and the ticket) happen under one
+    /// lock.
+    pub(crate) async fn ordered<F, T>(&self, publish: F) -> (Ticket, T)
+    where
+        F: Future<Output = T>,
+    {
+        self.shared.ordered(publish).await
     }
 
     /// Hands the confirm of the message with `id` to the task; the receiver gets its outcome.
@@ -134,22 +199,24 @@ impl Confirms {
             ticket: t,
             id,
             confirm,
-            reply,
+            reply: Some(reply),
         }) {
-            lock(&self.sending).open.remove(&t);
-            let _ = tracked.reply.send(Outcome::Undecided);
+            self.shared.sending().open.remove(&t);
+            if let Some(reply) = tracked.reply {
+                let _ = reply.send(Outcome::Undecided);
+            }
         }
         rx
     }
 }
 
-/// An ack whose message may have been returned to another confirm.
+/// An ack whose message may have been returned to another confirm, or not yet returned.
 struct Undecided {
-    id: Uuid,
-    /// The ticket counter when the ack was seen: publishes with smaller tickets may hold the
-    /// return.
+    /// The ticket counter when the ack was read: a publish with this ticket or a later one
+    /// began after the ack completed.
     barrier: u64,
-    reply: oneshot::Sender<Outcome>,
+    id: Uuid,
+    reply: Option<oneshot::Sender<Outcome>>,
 }
 
 fn returned_id(msg: &lapin::message::BasicReturnMessage) -> Option<Uuid> {
@@ -160,127 +227,278 @@ fn returned_id(msg: &lapin::message::BasicReturnMessage) -> Option<Uuid> {
         .and_then(|id| Uuid::parse_str(id.as_str()).ok())
 }
 
-type Done = (Uuid, oneshot::Sender<Outcome>, lapin::Result<Confirmation>);
+/// Records whether a waker was woken.
+struct Woken(AtomicBool);
 
-/// Records what one completed confirm says: the outcome of its own publish where it is
-/// already known, and the returned message it carries (whoever it belongs to).
-fn handle(
-    (id, reply, r): Done,
-    returned: &mut HashMap<Uuid, (u16, String)>,
-    undecided: &mut Vec<Undecided>,
-    barrier: u64,
-) {
-    let attached = match r {
-        Err(e) => {
-            let _ = reply.send(Outcome::Lost(e));
-            return;
-        }
-        Ok(Confirmation::Nack(attached)) => {
-            let _ = reply.send(Outcome::Nacked);
-            attached
-        }
-        Ok(Confirmation::Ack(attached)) => {
-            undecided.push(Undecided { id, barrier, reply });
-            attached
-        }
-        Ok(Confirmation::NotRequested) => {
-            let _ = reply.send(Outcome::Lost(lapin::Error::from(
-                lapin::ErrorKind::InvalidChannelState(
-                    lapin::ChannelState::Initial,
-                    "the channel is not in confirm mode",
-                ),
-            )));
-            return;
-        }
-    };
-    if let Some(msg) = attached {
-        match returned_id(&msg) {
-            Some(owner) => {
-                returned.insert(owner, (msg.reply_code, msg.reply_text.as_str().to_owned()));
-            }
-            None => tracing::warn!(
-                backend = BACKEND,
-                "RabbitMQ returned a message without a readable message_id; it cannot be \
-                 matched to its publish"
-            ),
+impl futures::task::ArcWake for Woken {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.0.store(true, Ordering::Release);
+    }
+}
+
+/// The next confirm already completed, if any, without waiting. `FuturesUnordered` returns
+/// `Pending` (waking itself) after polling a few futures in one call even when more are ready;
+/// that is told apart from "nothing ready" by the waker it woke.
+fn next_ready<F: Future>(
+    pending: &mut FuturesUnordered<F>,
+    flag: &Woken,
+    waker: &std::task::Waker,
+) -> Option<F::Output> {
+    let mut cx = std::task::Context::from_waker(waker);
+    loop {
+        flag.0.store(false, Ordering::Release);
+        match pending.poll_next_unpin(&mut cx) {
+            std::task::Poll::Ready(next) => return next,
+            std::task::Poll::Pending if flag.0.load(Ordering::Acquire) => {}
+            std::task::Poll::Pending => return None,
         }
     }
 }
 
-fn decide(u: Undecided, returned: &mut HashMap<Uuid, (u16, String)>, unsure: bool) {
-    let outcome = match returned.remove(&u.id) {
-        Some((code, text)) => Outcome::Returned { code, text },
-        None if unsure => Outcome::Undecided,
-        None => Outcome::Acked,
-    };
-    let _ = u.reply.send(outcome);
+fn reply(to: Option<oneshot::Sender<Outcome>>, outcome: Outcome) {
+    if let Some(to) = to {
+        let _ = to.send(outcome);
+    }
 }
 
-async fn run(
-    mut rx: mpsc::UnboundedReceiver<Tracked>,
-    sending: Arc<Mutex<Sending>>,
-    shutdown: CancellationToken,
-) {
-    let mut pending = FuturesUnordered::new();
-    let mut returned: HashMap<Uuid, (u16, String)> = HashMap::new();
-    let mut undecided: Vec<Undecided> = Vec::new();
-    let mut open = true;
-    let add = |t: Tracked, pending: &mut FuturesUnordered<_>| {
-        lock(&sending).open.remove(&t.ticket);
-        let Tracked {
-            id, confirm, reply, ..
-        } = t;
-        pending.push(confirm.map(move |r| (id, reply, r)));
-    };
+type Done = (
+    u64,
+    Uuid,
+    Option<oneshot::Sender<Outcome>>,
+    lapin::Result<Confirmation>,
+);
 
-    loop {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            msg = rx.recv(), if open => match msg {
-                Some(t) => add(t, &mut pending),
-                None => open = false,
-            },
-            Some(done) = pending.next(), if !pending.is_empty() => {
-                let barrier = lock(&sending).next;
-                handle(done, &mut returned, &mut undecided, barrier);
-            }
-            else => break,
+/// A confirm the task waits for, with what it needs to know once it completes.
+struct PendingConfirm {
+    ticket: u64,
+    id: Uuid,
+    reply: Option<oneshot::Sender<Outcome>>,
+    confirm: PublisherConfirm,
+}
+
+impl Future for PendingConfirm {
+    type Output = Done;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Done> {
+        let this = self.get_mut();
+        std::pin::Pin::new(&mut this.confirm)
+            .poll(cx)
+            .map(|r| (this.ticket, this.id, this.reply.take(), r))
+    }
+}
+
+struct Task {
+    shared: Arc<Shared>,
+    channel: Channel,
+    mandatory: bool,
+    probe_key: ShortString,
+    pending: FuturesUnordered<PendingConfirm>,
+    /// Returned messages by event id, whichever confirm carried them.
+    returned: HashMap<Uuid, (u16, String)>,
+    undecided: Vec<Undecided>,
+    /// Completions that carried no returned message (lapin's queue of returns was empty), with
+    /// the ticket counter when they were read: a proof once no older publish is still on its
+    /// way to the task.
+    proofs: Vec<(u64, u64)>,
+    /// The highest ticket of a proof: every ack read before that publish began can be decided.
+    proven: Option<u64>,
+    /// A probe is in flight.
+    probing: bool,
+    /// The channel failed: no return will come any more.
+    dead: bool,
+}
+
+impl Task {
+    fn add(&mut self, t: Tracked) {
+        self.shared.sending().open.remove(&t.ticket);
+        self.pending.push(PendingConfirm {
+            ticket: t.ticket,
+            id: t.id,
+            reply: t.reply,
+            confirm: t.confirm,
+        });
+    }
+
+    /// Records what one completed confirm says: its own outcome where that is already known,
+    /// and the returned message it carries (whoever it belongs to).
+    fn handle(&mut self, (ticket, id, to, r): Done) {
+        let probe = to.is_none();
+        if probe {
+            self.probing = false;
         }
-        // Take in every confirm handed over by now, then every confirm already completed (in
-        // the order lapin completed them), before deciding anything.
+        let attached = match r {
+            Err(e) => {
+                self.dead = true;
+                reply(to, Outcome::Lost(e));
+                return;
+            }
+            Ok(Confirmation::Nack(attached)) => {
+                reply(to, Outcome::Nacked);
+                attached
+            }
+            Ok(Confirmation::Ack(attached)) => {
+                if !self.mandatory {
+                    reply(to, Outcome::Acked);
+                } else if !probe {
+                    // Decided once its return (attached here or anywhere) is recorded, or
+                    // proven not to come.
+                    let barrier = self.shared.sending().next;
+                    self.undecided.push(Undecided {
+                        barrier,
+                        id,
+                        reply: to,
+                    });
+                }
+                attached
+            }
+            Ok(Confirmation::NotRequested) => {
+                reply(
+                    to,
+                    Outcome::Lost(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+                        lapin::ChannelState::Initial,
+                        "the channel is not in confirm mode",
+                    ))),
+                );
+                return;
+            }
+        };
+        match attached {
+            None => {
+                let barrier = self.shared.sending().next;
+                self.proofs.push((ticket, barrier));
+            }
+            Some(msg) => match returned_id(&msg) {
+                Some(owner) => {
+                    self.returned
+                        .insert(owner, (msg.reply_code, msg.reply_text.as_str().to_owned()));
+                }
+                None => tracing::warn!(
+                    backend = BACKEND,
+                    "RabbitMQ returned a message without a readable message_id; it cannot be \
+                     matched to its publish"
+                ),
+            },
+        }
+    }
+
+    fn decide(&mut self) {
+        let oldest_open = self.shared.sending().open.first().copied();
+        let mut proven = self.proven;
+        self.proofs.retain(|&(ticket, barrier)| {
+            if oldest_open.is_some_and(|t| t < barrier) {
+                return true;
+            }
+            proven = proven.max(Some(ticket));
+            false
+        });
+        self.proven = proven;
+        let returned = &mut self.returned;
+        let dead = self.dead;
+        self.undecided.retain_mut(|u| {
+            let outcome = match returned.remove(&u.id) {
+                Some((code, text)) => Outcome::Returned { code, text },
+                None if proven.is_some_and(|p| p >= u.barrier) => Outcome::Acked,
+                None if dead => Outcome::Undecided,
+                None => return true,
+            };
+            reply(u.reply.take(), outcome);
+            false
+        });
+        if self.undecided.is_empty() && self.pending.is_empty() && oldest_open.is_none() {
+            // Nothing in flight: a return still recorded belongs to a publish that gave up
+            // before handing its confirm over, and nobody will ask for it.
+            self.returned.clear();
+        }
+    }
+
+    /// When acks wait for a proof and no later publish is under way to provide one, sends a
+    /// probe (see the module docs).
+    async fn probe_if_idle(&mut self) {
+        if self.undecided.is_empty()
+            || self.probing
+            || self.dead
+            || !self.pending.is_empty()
+            || !self.shared.sending().open.is_empty()
+        {
+            return;
+        }
+        let id = Uuid::now_v7();
+        let props =
+            lapin::BasicProperties::default().with_message_id(id.hyphenated().to_string().into());
+        let (ticket, sent) = self
+            .shared
+            .ordered(self.channel.basic_publish(
+                ShortString::default(),
+                self.probe_key.clone(),
+                lapin::options::BasicPublishOptions::default(),
+                &[],
+                props,
+            ))
+            .await;
+        match sent {
+            Ok(confirm) => {
+                let t = ticket.ticket;
+                std::mem::forget(ticket);
+                self.probing = true;
+                self.add(Tracked {
+                    ticket: t,
+                    id,
+                    confirm,
+                    reply: None,
+                });
+            }
+            Err(e) => {
+                drop(ticket);
+                tracing::debug!(backend = BACKEND, error = %e, "confirm probe failed");
+                self.dead = true;
+            }
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Tracked>, shutdown: CancellationToken) {
+        let mut open = true;
+        let flag = Arc::new(Woken(AtomicBool::new(false)));
+        let waker = futures::task::waker(flag.clone());
         loop {
-            match rx.try_recv() {
-                Ok(t) => add(t, &mut pending),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    open = false;
-                    break;
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                msg = rx.recv(), if open => match msg {
+                    Some(t) => self.add(t),
+                    None => open = false,
+                },
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.handle(done);
+                }
+                else => break,
+            }
+            // Take in every confirm handed over by now, then every confirm already completed,
+            // before deciding anything.
+            loop {
+                match rx.try_recv() {
+                    Ok(t) => self.add(t),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
                 }
             }
-        }
-        while let Some(Some(done)) = pending.next().now_or_never() {
-            let barrier = lock(&sending).next;
-            handle(done, &mut returned, &mut undecided, barrier);
-        }
-        // An ack is decided once no publish that began before it was seen is still on its way
-        // here: every confirm that lapin could have completed before it has been read.
-        let oldest_open = lock(&sending).open.first().copied();
-        let mut i = 0;
-        while i < undecided.len() {
-            if oldest_open.is_some_and(|t| t < undecided[i].barrier) {
-                i += 1;
-            } else {
-                decide(undecided.swap_remove(i), &mut returned, false);
+            while let Some(done) = next_ready(&mut self.pending, &flag, &waker) {
+                self.handle(done);
             }
+            self.decide();
+            self.probe_if_idle().await;
         }
-        if undecided.is_empty() && pending.is_empty() {
-            // Returns whose publish is gone (it gave up before its ack): nobody will ask.
-            returned.clear();
+        for u in self.undecided.drain(..) {
+            let outcome = match self.returned.remove(&u.id) {
+                Some((code, text)) => Outcome::Returned { code, text },
+                None => Outcome::Undecided,
+            };
+            reply(u.reply, outcome);
         }
-    }
-    let unsure = shutdown.is_cancelled();
-    for u in undecided {
-        decide(u, &mut returned, unsure);
     }
 }

@@ -4,17 +4,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool::Runtime;
+use lapin::Connection;
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::Connection;
 use publisher_core::{
     Backend, BatchResults, Error, ErrorKind, Event, Health, Lifecycle, Position, Result, Teardown,
 };
 
 use crate::BACKEND;
 use crate::channels::{ChannelManager, ChannelPool, ConfirmChannel, Link};
-use crate::confirms::Outcome;
 use crate::config::AmqpConfig;
+use crate::confirms::Outcome;
 use crate::error::{confirm_lost, from_lapin, from_pool};
 use crate::mapping::{properties, validate};
 
@@ -104,16 +104,17 @@ impl AmqpPublisherBuilder {
         let pool = ChannelPool::builder(ChannelManager {
             link: link.clone(),
             shutdown: lifecycle.shutdown_token(),
+            mandatory: config.mandatory,
         })
-            .max_size(config.pool.max_size)
-            .wait_timeout(Some(config.pool.wait_timeout))
-            .create_timeout(Some(
-                config.pool.create_timeout.max(config.timeouts.connect),
-            ))
-            .recycle_timeout(Some(config.pool.recycle_timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| Error::config(BACKEND, "pool", format!("cannot build the pool: {e}")))?;
+        .max_size(config.pool.max_size)
+        .wait_timeout(Some(config.pool.wait_timeout))
+        .create_timeout(Some(
+            config.pool.create_timeout.max(config.timeouts.connect),
+        ))
+        .recycle_timeout(Some(config.pool.recycle_timeout))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| Error::config(BACKEND, "pool", format!("cannot build the pool: {e}")))?;
 
         let conn = link.connection().await?;
         if let Some(declare) = config.declare_exchange {
@@ -241,10 +242,9 @@ impl Inner {
         event: &Event,
     ) -> Result<tokio::sync::oneshot::Receiver<Outcome>> {
         let (routing_key, props) = properties(event, self.config.persistent)?;
-        let ticket = channel.confirms.begin();
-        let confirm = channel
-            .channel
-            .basic_publish(
+        let (ticket, confirm) = channel
+            .confirms
+            .ordered(channel.channel.basic_publish(
                 self.exchange.clone(),
                 routing_key,
                 BasicPublishOptions {
@@ -253,9 +253,9 @@ impl Inner {
                 },
                 event.payload(),
                 props,
-            )
-            .await
-            .map_err(from_lapin)?;
+            ))
+            .await;
+        let confirm = confirm.map_err(from_lapin)?;
         Ok(channel.confirms.track(ticket, event.id(), confirm))
     }
 
@@ -302,8 +302,9 @@ impl Inner {
             .into_iter()
             .filter(|c| c.channel.status().connected())
             .map(|c| async move {
-                let _ = tokio::time::timeout(limit, c.channel.close(200, "publisher closed".into()))
-                    .await;
+                let _ =
+                    tokio::time::timeout(limit, c.channel.close(200, "publisher closed".into()))
+                        .await;
             });
         futures::future::join_all(closing).await;
         self.link.close(limit).await;

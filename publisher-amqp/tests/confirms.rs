@@ -190,7 +190,14 @@ async fn returns_are_matched_to_their_own_publish_over_100_000_events() {
             publish_batches(p.clone(), &mut records, 1_000, 2).await;
             "amqp 50,000 mixed in batches of 1,000"
         } else {
-            publish_each(p.clone(), &mut records, 1_024, Arc::new(|_| {}), Duration::ZERO).await;
+            publish_each(
+                p.clone(),
+                &mut records,
+                1_024,
+                Arc::new(|_| {}),
+                Duration::ZERO,
+            )
+            .await;
             "amqp 50,000 mixed singles, c=1024"
         };
         let ok = records
