@@ -20,6 +20,10 @@ fn malformed_urls_and_bad_parameters_are_config_errors() {
         ("amqp://localhost?heartbeat=soon", "heartbeat"),
         ("amqp://localhost?mandatory=maybe", "mandatory"),
         ("amqp://localhost?prefetch=10", "url"),
+        (
+            "amqp://localhost?max_message_bytes=lots",
+            "max_message_bytes",
+        ),
     ];
     for (url, field) in cases {
         let err = AmqpConfig::from_url(url)
@@ -29,6 +33,10 @@ fn malformed_urls_and_bad_parameters_are_config_errors() {
         assert_eq!(err.field(), Some(field), "{url}: {err}");
     }
     let validate = |url: &str| AmqpConfig::from_url(url).unwrap().validate().unwrap_err();
+    for bad in ["0", "536870913"] {
+        let err = validate(&format!("amqp://localhost?max_message_bytes={bad}"));
+        assert_eq!(err.field(), Some("max_message_bytes"), "{bad}: {err}");
+    }
     let err = validate("amqp://localhost?heartbeat=0");
     assert_eq!(err.field(), Some("heartbeat"));
     assert!(err.message().contains("disables heartbeats"), "{err}");
@@ -134,4 +142,37 @@ async fn ipv6_literal_host_connects_to_that_host() {
 #[tokio::test]
 async fn ipv4_literal_host_connects_to_that_host_not_localhost() {
     connects_to_literal("127.0.0.2:0", "127.0.0.2").await;
+}
+
+/// A payload over `max_message_bytes` is refused before anything is sent (RabbitMQ would close
+/// the channel on it, failing its neighbours), naming the field; its neighbours go through.
+#[tokio::test]
+async fn oversized_payload_is_refused_before_sending() {
+    let client = support::Client::connect().await;
+    let queue = publisher_core::testing::unique_name("publisher-test.oversized");
+    client
+        .declare_queue(&queue, lapin::types::FieldTable::default())
+        .await;
+    let mut config = AmqpConfig::from_url(&format!("{}?max_message_bytes=16", amqp_url())).unwrap();
+    config.timeouts = config.timeouts.with_publish(Duration::from_secs(5));
+    let publisher = AmqpPublisher::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    let outcome = publisher
+        .publish_batch(vec![
+            Event::text(queue.clone(), "small"),
+            Event::text(queue.clone(), "x".repeat(17)),
+            Event::text(queue.clone(), "small too"),
+        ])
+        .await;
+    let err = outcome.results()[1].as_ref().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidEvent, "{err}");
+    assert_eq!(err.field(), Some("payload"));
+    assert!(outcome.results()[0].is_ok() && outcome.results()[2].is_ok());
+    let got = client.drain(&queue).await;
+    assert_eq!(got.len(), 2, "only the two small events reach the queue");
+    publisher.close().await.unwrap();
+    client.delete_queue(&queue).await;
 }
