@@ -39,6 +39,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 
+/// How long the task waits for lapin to send a probe.
+const PROBE_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the broker said about one message.
 #[derive(Debug)]
 pub(crate) enum Outcome {
@@ -67,6 +70,10 @@ struct Shared {
     /// its frames (see [`Confirms::ordered`]).
     order: Mutex<()>,
     sending: Mutex<Sending>,
+    /// A publish left between `basic_publish` and the task (see [`Ticket`]).
+    tainted: AtomicBool,
+    /// Wakes the task when a ticket is dropped.
+    wake: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -84,6 +91,7 @@ impl Shared {
         Ticket {
             ticket,
             shared: self.clone(),
+            armed: true,
         }
     }
 
@@ -95,8 +103,11 @@ impl Shared {
         let mut ticket = None;
         let out = std::future::poll_fn(|cx| {
             if ticket.is_none() {
+                // The ticket, lapin's delivery tag and the frames' place in the queue are all
+                // taken in this first poll, under the lock.
                 let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
                 ticket = Some(self.begin());
+                return publish.as_mut().poll(cx);
             }
             publish.as_mut().poll(cx)
         })
@@ -126,22 +137,30 @@ impl std::fmt::Debug for Confirms {
 }
 
 /// A publish that began; hand its confirm over with [`Confirms::track`]. Dropped without it
-/// (the publish failed or was cancelled before `basic_publish` returned), it stops holding
-/// decisions back.
+/// (the publish failed, or was cancelled while lapin was sending it), it stops holding
+/// decisions back, and taints the channel: lapin may still complete that publish's confirm out
+/// of the task's sight, handing it someone's returned message, so no ack on this channel can be
+/// proven any more. The task then closes the channel (pending publishes get `OutcomeUnknown`,
+/// the publisher opens a new channel).
 pub(crate) struct Ticket {
     ticket: u64,
     shared: Arc<Shared>,
+    armed: bool,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.shared.sending().open.remove(&self.ticket);
+        if self.armed {
+            self.shared.sending().open.remove(&self.ticket);
+            self.shared.tainted.store(true, Ordering::Release);
+            self.shared.wake.notify_one();
+        }
     }
 }
 
 impl Confirms {
     /// A tracker for `channel`, whose task ends when the tracker is dropped and every confirm
-    /// handed to it is answered, or at once when `shutdown` fires. Without `mandatory`
+    /// handed to it is answered (or the channel failed), or at once when `shutdown` fires. Without `mandatory`
     /// publishes nothing is returned, and acks are decided as they come.
     pub(crate) fn spawn(channel: Channel, mandatory: bool, shutdown: CancellationToken) -> Self {
         let shared = Arc::new(Shared {
@@ -150,6 +169,8 @@ impl Confirms {
                 next: 0,
                 open: BTreeSet::new(),
             }),
+            tainted: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let task = Task {
@@ -194,7 +215,8 @@ impl Confirms {
         let (reply, rx) = oneshot::channel();
         let t = ticket.ticket;
         // The task takes the ticket off the open set when it receives the confirm.
-        std::mem::forget(ticket);
+        let mut ticket = ticket;
+        ticket.armed = false;
         if let Err(mpsc::error::SendError(tracked)) = self.tx.send(Tracked {
             ticket: t,
             id,
@@ -428,20 +450,23 @@ impl Task {
         let id = Uuid::now_v7();
         let props =
             lapin::BasicProperties::default().with_message_id(id.hyphenated().to_string().into());
-        let (ticket, sent) = self
-            .shared
-            .ordered(self.channel.basic_publish(
-                ShortString::default(),
-                self.probe_key.clone(),
-                lapin::options::BasicPublishOptions::default(),
-                &[],
-                props,
-            ))
-            .await;
+        // Bounded: a connection RabbitMQ blocks (memory or disk alarm) holds the frames; the
+        // probe then gives up, which taints the channel (see `Ticket`).
+        let send = self.shared.ordered(self.channel.basic_publish(
+            ShortString::default(),
+            self.probe_key.clone(),
+            lapin::options::BasicPublishOptions::default(),
+            &[],
+            props,
+        ));
+        let Ok((ticket, sent)) = tokio::time::timeout(PROBE_SEND_TIMEOUT, send).await else {
+            return;
+        };
         match sent {
             Ok(confirm) => {
+                let mut ticket = ticket;
+                ticket.armed = false;
                 let t = ticket.ticket;
-                std::mem::forget(ticket);
                 self.probing = true;
                 self.add(Tracked {
                     ticket: t,
@@ -451,7 +476,9 @@ impl Task {
                 });
             }
             Err(e) => {
-                drop(ticket);
+                let mut ticket = ticket;
+                ticket.armed = false;
+                self.shared.sending().open.remove(&ticket.ticket);
                 tracing::debug!(backend = BACKEND, error = %e, "confirm probe failed");
                 self.dead = true;
             }
@@ -473,7 +500,22 @@ impl Task {
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     self.handle(done);
                 }
-                else => break,
+                () = self.shared.wake.notified() => {}
+            }
+            if self.shared.tainted.swap(false, Ordering::AcqRel) && !self.dead {
+                tracing::warn!(
+                    backend = BACKEND,
+                    "a publish was cancelled while lapin was sending it; closing the channel, \
+                     whose acks can no longer be matched to returns (its pending publishes get \
+                     OutcomeUnknown)"
+                );
+                self.dead = true;
+                let channel = self.channel.clone();
+                tokio::spawn(async move {
+                    let _ = channel
+                        .close(200, "confirms can no longer be matched".into())
+                        .await;
+                });
             }
             // Take in every confirm handed over by now, then every confirm already completed,
             // before deciding anything.
@@ -492,6 +534,10 @@ impl Task {
             }
             self.decide();
             self.probe_if_idle().await;
+            if !open && self.pending.is_empty() && self.undecided.is_empty() {
+                // The tracker is gone and every confirm answered.
+                break;
+            }
         }
         for u in self.undecided.drain(..) {
             let outcome = match self.returned.remove(&u.id) {

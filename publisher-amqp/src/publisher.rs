@@ -285,10 +285,14 @@ impl Inner {
                 ),
             )),
             Ok(Outcome::Lost(e)) => Err(confirm_lost(e)),
-            Ok(Outcome::Undecided) | Err(_) => Err(Error::outcome_unknown(
+            Ok(Outcome::Undecided) => Err(Error::outcome_unknown(
                 BACKEND,
-                "RabbitMQ acked the message, but the publisher closed before a return for it \
-                 could be ruled out",
+                "RabbitMQ acked the message, but its channel closed (or the publisher did) \
+                 before a return for it could be ruled out",
+            )),
+            Err(_) => Err(Error::outcome_unknown(
+                BACKEND,
+                "the channel's confirm tracker stopped before RabbitMQ answered for the message",
             )),
         }
     }
