@@ -21,7 +21,9 @@ use crate::mapping::{properties, validate};
 /// Publishes to a RabbitMQ exchange over a pool of confirm-mode channels.
 ///
 /// `publish` returns Ok only after RabbitMQ confirmed the message (basic.ack) and did not return
-/// it as unroutable. A nack or a return is [`ErrorKind::Rejected`], for the message it is about
+/// it as unroutable. A return is [`ErrorKind::Rejected`] and a nack [`ErrorKind::Unavailable`]
+/// (retryable: RabbitMQ did not store it, say a full queue that rejects publishes), for the
+/// message it is about
 /// only (returns are matched to publishes by the event id, whatever the ack pattern); a confirm
 /// that does not come within the publish timeout, or is lost with its channel, is
 /// [`ErrorKind::OutcomeUnknown`]. Payloads over `max_message_bytes` are refused before sending.
@@ -275,11 +277,14 @@ impl Inner {
                     event.topic(),
                 ),
             )),
+            // RabbitMQ nacks what it could not store now (a full queue with
+            // `x-overflow=reject-publish`, an internal error): not stored, worth retrying later.
             Ok(Outcome::Nacked) => Err(Error::new(
-                ErrorKind::Rejected,
+                ErrorKind::Unavailable,
                 BACKEND,
                 format!(
-                    "RabbitMQ nacked the message (exchange `{}`, routing key `{}`)",
+                    "RabbitMQ nacked the message (exchange `{}`, routing key `{}`): not stored, \
+                     try again later",
                     self.config.exchange,
                     event.topic()
                 ),

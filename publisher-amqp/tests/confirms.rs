@@ -29,9 +29,10 @@ async fn full_queue_with_reject_publish_nacks_the_second_message() {
         .publish(Event::text(queue.clone(), "second"))
         .await
         .expect_err("a nack must never be Ok");
-    assert_eq!(err.kind(), ErrorKind::Rejected, "{err:?}");
+    // A full queue refusing publishes is a "try later": retryable, and nothing was stored.
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err:?}");
     assert!(err.message().contains("nack"), "{err}");
-    assert!(!err.is_retryable());
+    assert!(err.is_retryable());
 
     // In a batch, the nacked events fail alone.
     client.drain(&queue).await;
@@ -44,7 +45,7 @@ async fn full_queue_with_reject_publish_nacks_the_second_message() {
     assert!(outcome.results()[0].is_ok());
     assert_eq!(
         outcome.results()[1].as_ref().unwrap_err().kind(),
-        ErrorKind::Rejected
+        ErrorKind::Unavailable
     );
     let got = client.drain(&queue).await;
     assert_eq!(got.len(), 1);

@@ -23,7 +23,8 @@ pub enum Position {
         /// The offset within the partition.
         offset: i64,
     },
-    /// An AMQP publisher-confirm delivery tag.
+    /// A delivery tag. Reserved: the AMQP backend reports [`Position::None`], since a delivery
+    /// tag only numbers a message on one channel and says nothing about where it is stored.
     DeliveryTag(u64),
     /// A sequence number assigned by the publisher (memory, console).
     Sequence(u64),

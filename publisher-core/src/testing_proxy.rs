@@ -27,6 +27,7 @@ pub enum Mode {
 pub struct FaultProxy {
     /// Where clients connect.
     pub addr: SocketAddr,
+    upstream: Arc<Mutex<SocketAddr>>,
     mode: watch::Sender<Mode>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
@@ -79,6 +80,8 @@ impl FaultProxy {
         let (mode, rx) = watch::channel(Mode::Pass);
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let c = conns.clone();
+        let upstream = Arc::new(Mutex::new(upstream));
+        let target = upstream.clone();
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -89,6 +92,7 @@ impl FaultProxy {
                     continue;
                 }
                 let rx = rx.clone();
+                let upstream = *target.lock().unwrap_or_else(|p| p.into_inner());
                 let handle = tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
@@ -105,10 +109,17 @@ impl FaultProxy {
         });
         Self {
             addr,
+            upstream,
             mode,
             conns,
             accept,
         }
+    }
+
+    /// Sends new connections to `upstream` from now on (existing ones stay where they are), as
+    /// a name or virtual address moving to a new primary after a failover would.
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = upstream;
     }
 
     /// Switches the behaviour for existing and new connections.

@@ -8,6 +8,7 @@ use crate::BACKEND;
 
 /// Server error codes that mean "try again later".
 const TRANSIENT_CODES: &[&str] = &[
+    "READONLY",
     "LOADING",
     "BUSY",
     "TRYAGAIN",

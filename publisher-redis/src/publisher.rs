@@ -301,8 +301,15 @@ impl Inner {
 }
 
 /// Whether an error means the connection itself is unusable (not just this command).
+/// Whether the connection must be replaced: it failed, or it leads to a server that no longer
+/// takes writes (`READONLY`: a primary demoted to replica by a failover; `MASTERDOWN`), so
+/// that the next publish connects again (through the URL's name or proxy, to the new primary).
 fn broken(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(e.code(), Some("READONLY" | "MASTERDOWN"))
 }
 
 impl Backend for Inner {
@@ -352,6 +359,9 @@ impl Backend for Inner {
             .await;
         match &replies {
             Err(e) if broken(e) => conn.discard(),
+            Ok(replies) if replies.iter().any(|r| r.as_ref().is_err_and(broken)) => {
+                conn.discard();
+            }
             _ => conn.touch(),
         }
         let mut replies = replies.map_err(from_command)?.into_iter();

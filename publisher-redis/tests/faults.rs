@@ -270,3 +270,92 @@ async fn health_of_an_unreachable_server_is_unhealthy_and_bounded() {
     assert_eq!(err.kind(), ErrorKind::Connect, "{err:?}");
     publisher.close().await.unwrap();
 }
+
+/// A failover behind a stable address: the primary is demoted (`REPLICAOF`), the replica
+/// promoted, and the address (a proxy standing in for a name or virtual IP) now leads to the new
+/// primary. The shared connection still leads to the old one, whose `READONLY` replies must be
+/// typed, retryable, never Ok, and drop the connection, so that the publisher recovers within a
+/// few publishes, without being rebuilt. Every acknowledged entry is on the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_readonly_replies_drop_the_connection_and_publishing_recovers() {
+    let old = RedisServer::start().await;
+    let new = RedisServer::start().await;
+    let addr = |s: &RedisServer| -> std::net::SocketAddr {
+        format!("127.0.0.1:{}", s.port).parse().unwrap()
+    };
+    let proxy = publisher_core::testing::FaultProxy::start(addr(&old)).await;
+    let url = format!("redis://{}", proxy.addr);
+    let publisher = RedisPublisher::builder()
+        .config(config(&url, Mode::Stream))
+        .build()
+        .unwrap();
+    let stream = publisher_core::testing::unique_name("publisher-test.failover");
+    publisher
+        .publish(Event::text(stream.clone(), "before"))
+        .await
+        .unwrap();
+
+    // The new primary replicates the old one, then takes over; the old one follows it.
+    let mut new_conn = client_conn(&new.url()).await;
+    let mut old_conn = client_conn(&old.url()).await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(old.port)
+        .query_async(&mut new_conn)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_stream(&mut new_conn, &stream).await.is_empty() {
+        assert!(Instant::now() < deadline, "the replica never synced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut new_conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(new.port)
+        .query_async(&mut old_conn)
+        .await
+        .unwrap();
+    proxy.set_upstream(addr(&new));
+
+    let mut acknowledged = vec!["before".to_owned()];
+    let mut failures = 0;
+    for i in 0..20 {
+        let payload = format!("after {i}");
+        match publisher
+            .publish(Event::text(stream.clone(), payload.clone()))
+            .await
+        {
+            Ok(_) => acknowledged.push(payload),
+            Err(e) => {
+                failures += 1;
+                assert!(e.is_retryable(), "{e}");
+                assert!(
+                    matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Connect),
+                    "{e}"
+                );
+            }
+        }
+    }
+    assert!(
+        failures <= 3,
+        "{failures} of 20 publishes failed: the connection to the demoted primary was kept"
+    );
+    let on_new: Vec<String> = read_stream(&mut new_conn, &stream)
+        .await
+        .iter()
+        .map(|e| String::from_utf8_lossy(e.payload()).into_owned())
+        .collect();
+    for payload in &acknowledged {
+        assert!(
+            on_new.contains(payload),
+            "acknowledged `{payload}` is not on the new primary"
+        );
+    }
+    publisher.close().await.unwrap();
+}
