@@ -745,6 +745,52 @@ async fn check_history(h: &dyn Harness, history: &History, topic: &str) -> Verdi
     verdict
 }
 
+/// Checks `records` as the history of `scenario` against what `topic` holds, closes the
+/// publisher (a second close is harmless), cleans up, and asserts that the history holds.
+async fn conclude(
+    h: &dyn Harness,
+    p: &dyn Publisher,
+    topic: &str,
+    scenario: String,
+    records: Vec<Record>,
+    faults: Faults,
+) {
+    let history = History {
+        scenario,
+        records,
+        faults,
+    };
+    let verdict = check_history(h, &history, topic).await;
+    p.close().await.expect("close");
+    h.cleanup(topic).await;
+    verdict.assert_holds();
+}
+
+/// A [`FaultProxy`] before the broker and a publisher through it with the given publish and
+/// close timeouts; `None` (saying so) when the harness has no connection to proxy.
+async fn through_proxy(
+    h: &dyn Harness,
+    scenario: &str,
+    publish: Duration,
+    close: Duration,
+) -> Option<(Arc<FaultProxy>, Arc<dyn Publisher>)> {
+    let Some(upstream) = h.broker_addr() else {
+        not_carried(h, scenario, "no connection a proxy can stand in");
+        return None;
+    };
+    let proxy = Arc::new(FaultProxy::start(upstream).await);
+    let timeouts = Timeouts {
+        publish,
+        close,
+        ..Timeouts::default()
+    };
+    let p = h
+        .publisher_via(proxy.addr, timeouts)
+        .await
+        .expect("publisher through the proxy");
+    Some((proxy, Arc::from(p)))
+}
+
 fn intents_line(h: &dyn Harness, topic: &str, bad: &[Intent]) -> String {
     let made: Vec<&str> = bad
         .iter()
@@ -791,15 +837,7 @@ async fn mixed_singles(h: &dyn Harness, concurrency: usize, n: usize) {
         Duration::ZERO,
     )
     .await;
-    let history = History {
-        scenario,
-        records,
-        faults: Faults::None,
-    };
-    let verdict = check_history(h, &history, &topic).await;
-    p.close().await.expect("close");
-    h.cleanup(&topic).await;
-    verdict.assert_holds();
+    conclude(h, &*p, &topic, scenario, records, Faults::None).await;
 }
 
 /// History: 200 single publishes, one at a time, alternating good events and events meant to
@@ -830,15 +868,7 @@ pub async fn history_mixed_batches(h: &dyn Harness) {
     );
     let mut records = plan(h, &topic, &scenario, 4_000, MIXED, 2);
     publish_batches(p.clone(), &mut records, 500, 2).await;
-    let history = History {
-        scenario,
-        records,
-        faults: Faults::None,
-    };
-    let verdict = check_history(h, &history, &topic).await;
-    p.close().await.expect("close");
-    h.cleanup(&topic).await;
-    verdict.assert_holds();
+    conclude(h, &*p, &topic, scenario, records, Faults::None).await;
 }
 
 /// History: one oversized event among 300 small ones, 64 in flight: it alone fails, with its
@@ -867,21 +897,13 @@ pub async fn history_oversized_among_small(h: &dyn Harness) {
         Duration::ZERO,
     )
     .await;
-    let history = History {
-        scenario,
-        records,
-        faults: Faults::None,
-    };
-    let verdict = check_history(h, &history, &topic).await;
-    p.close().await.expect("close");
-    h.cleanup(&topic).await;
-    verdict.assert_holds();
+    conclude(h, &*p, &topic, scenario, records, Faults::None).await;
 }
 
 /// Publishes good events to `topic` until one is confirmed (the publisher recovered), for at
-/// most 30 s; adds each attempt to `records`, so the history checks them too.
+/// most 60 s; adds each attempt to `records`, so the history checks them too.
 async fn assert_recovers(p: &dyn Publisher, topic: &str, records: &mut Vec<Record>) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let event = history_event(topic, "recovery", records.len());
         let r = p.publish(event.clone()).await;
@@ -898,18 +920,10 @@ async fn assert_recovers(p: &dyn Publisher, topic: &str, records: &mut Vec<Recor
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the publisher did not recover within 30 s: {}",
+            "the publisher did not recover within 60 s: {}",
             last.expect("an error")
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn fault_timeouts(publish: Duration, close: Duration) -> Timeouts {
-    Timeouts {
-        publish,
-        close,
-        ..Timeouts::default()
     }
 }
 
@@ -918,19 +932,16 @@ fn fault_timeouts(publish: Duration, close: Duration) -> Timeouts {
 /// typed and explained by the fault, nothing acknowledged may be lost, nothing reported
 /// "not sent" may be at the broker, and the publisher recovers by itself.
 pub async fn history_connection_cut(h: &dyn Harness) {
-    let Some(upstream) = h.broker_addr() else {
-        not_carried(h, "connection cut", "no connection a proxy can stand in");
+    let Some((proxy, p)) = through_proxy(
+        h,
+        "connection cut",
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+    )
+    .await
+    else {
         return;
     };
-    let proxy = Arc::new(FaultProxy::start(upstream).await);
-    let p: Arc<dyn Publisher> = Arc::from(
-        h.publisher_via(
-            proxy.addr,
-            fault_timeouts(Duration::from_secs(5), Duration::from_secs(5)),
-        )
-        .await
-        .expect("publisher through the proxy"),
-    );
     let topic = h.topic("history-cut").await.expect("topic");
     let scenario = format!("{} connection cut twice, c=64", p.backend());
     let mut records = plan(h, &topic, &scenario, 3_000, &[], 0);
@@ -942,15 +953,7 @@ pub async fn history_connection_cut(h: &dyn Harness) {
     });
     publish_each(p.clone(), &mut records, 64, on_ok, Duration::ZERO).await;
     assert_recovers(&*p, &topic, &mut records).await;
-    let history = History {
-        scenario,
-        records,
-        faults: Faults::Injected,
-    };
-    let verdict = check_history(h, &history, &topic).await;
-    p.close().await.expect("close");
-    h.cleanup(&topic).await;
-    verdict.assert_holds();
+    conclude(h, &*p, &topic, scenario, records, Faults::Injected).await;
 }
 
 /// History under a stall longer than the publish timeout: 2,000 good events, 64 in flight,
@@ -958,23 +961,16 @@ pub async fn history_connection_cut(h: &dyn Harness) {
 /// Publishes caught in the stall must fail with `OutcomeUnknown` (their bytes left), never a
 /// "not sent" kind for an event the broker then holds; the publisher recovers.
 pub async fn history_stall_past_publish_timeout(h: &dyn Harness) {
-    let Some(upstream) = h.broker_addr() else {
-        not_carried(
-            h,
-            "stall past the publish timeout",
-            "no connection a proxy can stand in",
-        );
+    let Some((proxy, p)) = through_proxy(
+        h,
+        "stall past the publish timeout",
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+    )
+    .await
+    else {
         return;
     };
-    let proxy = Arc::new(FaultProxy::start(upstream).await);
-    let p: Arc<dyn Publisher> = Arc::from(
-        h.publisher_via(
-            proxy.addr,
-            fault_timeouts(Duration::from_secs(1), Duration::from_secs(5)),
-        )
-        .await
-        .expect("publisher through the proxy"),
-    );
     let topic = h.topic("history-stall").await.expect("topic");
     let scenario = format!(
         "{} stall 2.5 s past a 1 s publish timeout, c=64",
@@ -996,15 +992,7 @@ pub async fn history_stall_past_publish_timeout(h: &dyn Harness) {
     proxy.set(ProxyMode::Pass);
     assert_recovers(&*p, &topic, &mut records).await;
     let unknown = records_unknown(&records);
-    let history = History {
-        scenario,
-        records,
-        faults: Faults::Injected,
-    };
-    let verdict = check_history(h, &history, &topic).await;
-    p.close().await.expect("close");
-    h.cleanup(&topic).await;
-    verdict.assert_holds();
+    conclude(h, &*p, &topic, scenario, records, Faults::Injected).await;
     assert!(
         unknown > 0,
         "no publish was caught in the stall: the scenario proves nothing"
@@ -1023,23 +1011,16 @@ fn records_unknown(records: &[Record]) -> usize {
 /// (deadline 500 ms) gives up on them. Each must fail with `OutcomeUnknown` (their bytes left)
 /// and the close report must count every one of those events as abandoned.
 pub async fn history_close_deadline_in_flight(h: &dyn Harness) {
-    let Some(upstream) = h.broker_addr() else {
-        not_carried(
-            h,
-            "close deadline with publishes in flight",
-            "no connection a proxy can stand in",
-        );
+    let Some((proxy, p)) = through_proxy(
+        h,
+        "close deadline with publishes in flight",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+    )
+    .await
+    else {
         return;
     };
-    let proxy = FaultProxy::start(upstream).await;
-    let p: Arc<dyn Publisher> = Arc::from(
-        h.publisher_via(
-            proxy.addr,
-            fault_timeouts(Duration::from_secs(30), Duration::from_millis(500)),
-        )
-        .await
-        .expect("publisher through the proxy"),
-    );
     let topic = h.topic("history-close").await.expect("topic");
     let scenario = format!(
         "{} close deadline passes with 300 events in flight",
@@ -1072,14 +1053,7 @@ pub async fn history_close_deadline_in_flight(h: &dyn Harness) {
     records.extend(batched.await.expect("batch publish"));
     proxy.set(ProxyMode::Pass);
     let unknown = records_unknown(&records);
-    let history = History {
-        scenario,
-        records,
-        faults: Faults::Injected,
-    };
-    let verdict = check_history(h, &history, &topic).await;
-    h.cleanup(&topic).await;
-    verdict.assert_holds();
+    conclude(h, &*p, &topic, scenario, records, Faults::Injected).await;
     assert!(
         unknown > 0,
         "nothing was in flight at the close deadline: the scenario proves nothing"
@@ -1130,15 +1104,7 @@ pub async fn history_broker_restart(h: &dyn Harness) {
         .await
         .expect("restart");
     assert_recovers(&*p, &topic, &mut records).await;
-    let history = History {
-        scenario,
-        records,
-        faults: Faults::Injected,
-    };
-    let verdict = check_history(oh, &history, &topic).await;
-    p.close().await.expect("close");
-    oh.cleanup(&topic).await;
-    verdict.assert_holds();
+    conclude(oh, &*p, &topic, scenario, records, Faults::Injected).await;
 }
 
 /// Runs every scenario in turn.
