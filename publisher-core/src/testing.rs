@@ -340,6 +340,17 @@ pub fn url_via(url: &str, addr: SocketAddr) -> Option<String> {
     Some(url.to_string())
 }
 
+/// A free TCP port on 127.0.0.1 (for a broker a test starts of its own).
+///
+/// # Panics
+/// When no local port can be bound.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a local port")
+        .port()
+}
+
 /// A topic name unique to this process and call: `{prefix}.{uuid}` (valid for every backend).
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}.{}", Uuid::now_v7().simple())

@@ -108,14 +108,6 @@ pub async fn harness() -> ProbeHarness<QueueProbe> {
     })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A RabbitMQ node of the test's own (its own node name, ports and data directory), for the
 /// restart scenario. Killed (SIGKILL) and its directory removed on drop.
 pub struct RabbitNode {
@@ -150,8 +142,8 @@ impl RabbitNode {
             .status();
         let mut node = Self {
             name: format!("publisher-test-{}@localhost", &id[id.len() - 12..]),
-            port: free_port(),
-            dist_port: free_port(),
+            port: publisher_core::testing::free_port(),
+            dist_port: publisher_core::testing::free_port(),
             dir,
             child: None,
         };

@@ -42,18 +42,10 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl RedisServer {
     pub async fn start() -> Self {
         let mut s = Self {
-            port: free_port(),
+            port: publisher_core::testing::free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
         };
