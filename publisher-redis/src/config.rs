@@ -59,6 +59,17 @@ pub struct RedisConfig {
     /// Largest payload accepted; larger ones fail locally with `InvalidEvent` naming
     /// `payload`. Default: 16 MiB (Redis's own limit is 512 MiB).
     pub max_payload_bytes: usize,
+    /// Stream mode: after each `XADD` (and after each batch), `WAIT` until this many replicas
+    /// acknowledge the write, bounded by `wait_timeout`. A publish that fewer replicas
+    /// acknowledge in time fails with `OutcomeUnknown` (retryable: the primary holds the entry,
+    /// it may or may not survive a failover). While a connection waits, the publishes pipelined
+    /// behind it on that connection wait too. Default: 0 (off: Ok means the entry is in the
+    /// primary's memory, not on any replica and not on disk).
+    pub wait_replicas: u32,
+    /// How long `WAIT` waits for `wait_replicas`. Must stay at least 1 s below
+    /// `timeouts.publish`. Default: 1 s.
+    #[serde(with = "humantime_serde")]
+    pub wait_timeout: Duration,
     /// Run a background health check (PING) this often and log transitions; `None` disables.
     /// Default: none.
     #[serde(with = "humantime_serde")]
@@ -82,6 +93,8 @@ impl Default for RedisConfig {
             pubsub_format: PubsubFormat::Envelope,
             min_receivers: 0,
             max_payload_bytes: 16 * 1024 * 1024,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
             health_interval: None,
             pool: PoolConfig::default(),
             timeouts: Timeouts::default(),
@@ -98,6 +111,8 @@ impl fmt::Debug for RedisConfig {
             .field("pubsub_format", &self.pubsub_format)
             .field("min_receivers", &self.min_receivers)
             .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout", &self.wait_timeout)
             .field("health_interval", &self.health_interval)
             .field("pool", &self.pool)
             .field("timeouts", &self.timeouts)
@@ -128,8 +143,9 @@ impl RedisConfig {
     /// Parses a URL: `redis://[user:password@]host[:port][/db]` (or `rediss://` with feature
     /// `tls`) with optional query parameters `mode=stream|pubsub`, `maxlen=N`,
     /// `format=envelope|payload`, `min_receivers=N`, `max_payload_bytes=N`,
-    /// `health_interval=30s`, `pool_max_size=N`. Other query parameters are passed to redis-rs
-    /// (for example `protocol=resp3`).
+    /// `wait_replicas=N`, `wait_timeout=500ms`, `health_interval=30s`, `pool_max_size=N`, and
+    /// redis-rs's own `protocol=resp2|resp3`.
+    /// Any other parameter (a misspelling such as `max_len`) is refused.
     ///
     /// # Errors
     /// `Config` naming `url` or the parameter at fault.
@@ -171,13 +187,23 @@ impl RedisConfig {
                 "max_payload_bytes" => {
                     cfg.max_payload_bytes = parse_num("max_payload_bytes", &v)?;
                 }
+                "wait_replicas" => cfg.wait_replicas = parse_num("wait_replicas", &v)?,
+                "wait_timeout" => {
+                    cfg.wait_timeout = humantime::parse_duration(&v).map_err(|e| {
+                        bad("wait_timeout", format!("`{v}` is not a duration")).with_source(e)
+                    })?;
+                }
                 "health_interval" => {
                     cfg.health_interval = Some(humantime::parse_duration(&v).map_err(|e| {
                         bad("health_interval", format!("`{v}` is not a duration")).with_source(e)
                     })?);
                 }
                 "pool_max_size" => cfg.pool.max_size = parse_num("pool.max_size", &v)?,
-                _ => passthrough.push((k.into_owned(), v.into_owned())),
+                PROTOCOL => {
+                    check_protocol(&v)?;
+                    passthrough.push((k.into_owned(), v.into_owned()));
+                }
+                other => return Err(unknown_param(other)),
             }
         }
         if passthrough.is_empty() {
@@ -205,6 +231,26 @@ impl RedisConfig {
         if parsed.host_str().is_none_or(str::is_empty) {
             return Err(bad("url", "the URL has no host"));
         }
+        // A URL that reached us through a config file or the environment (not `from_url`) still
+        // carries its query: ours would be silently ignored by redis-rs, so they are refused
+        // with the field to set instead.
+        for (k, v) in parsed.query_pairs() {
+            match k.as_ref() {
+                PROTOCOL => check_protocol(&v)?,
+                ours if OUR_PARAMS.iter().any(|(p, _)| *p == ours) => {
+                    let field = OUR_PARAMS.iter().find(|(p, _)| *p == ours).map(|(_, f)| *f);
+                    return Err(bad(
+                        "url",
+                        format!(
+                            "query parameter `{ours}` is read only by `from_url`; in a config, \
+                             set the `{}` field instead",
+                            field.unwrap_or(ours)
+                        ),
+                    ));
+                }
+                other => return Err(unknown_param(other)),
+            }
+        }
         self.timeouts.validate(BACKEND)?;
         self.pool.validate(BACKEND)?;
         if self.maxlen == Some(0) {
@@ -222,7 +268,65 @@ impl RedisConfig {
         if let Some(interval) = self.health_interval {
             check_timeout(BACKEND, "health_interval", interval)?;
         }
+        if self.wait_replicas > 0 {
+            if self.mode != Mode::Stream {
+                return Err(bad(
+                    "wait_replicas",
+                    "pub/sub messages are not stored or replicated: wait_replicas needs mode \
+                     stream",
+                ));
+            }
+            // WAIT's timeout is whole milliseconds, and 0 would wait forever.
+            if self.wait_timeout < Duration::from_millis(1)
+                || self.wait_timeout + Duration::from_secs(1) > self.timeouts.publish
+            {
+                return Err(bad(
+                    "wait_timeout",
+                    format!(
+                        "must be from 1 ms to 1 s below timeouts.publish ({:?}), got {:?}",
+                        self.timeouts.publish, self.wait_timeout
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+/// redis-rs's one query parameter for TCP URLs.
+const PROTOCOL: &str = "protocol";
+
+/// The query parameters `from_url` reads, and the config field each one sets.
+const OUR_PARAMS: &[(&str, &str)] = &[
+    ("mode", "mode"),
+    ("maxlen", "maxlen"),
+    ("format", "pubsub_format"),
+    ("min_receivers", "min_receivers"),
+    ("max_payload_bytes", "max_payload_bytes"),
+    ("wait_replicas", "wait_replicas"),
+    ("wait_timeout", "wait_timeout"),
+    ("health_interval", "health_interval"),
+    ("pool_max_size", "pool.max_size"),
+];
+
+fn unknown_param(name: &str) -> Error {
+    let known: Vec<&str> = OUR_PARAMS.iter().map(|(p, _)| *p).collect();
+    bad(
+        "url",
+        format!(
+            "unknown query parameter `{name}` (known: {}, protocol)",
+            known.join(", ")
+        ),
+    )
+}
+
+fn check_protocol(v: &str) -> Result<()> {
+    match v {
+        "2" | "resp2" | "3" | "resp3" => Ok(()),
+        other => Err(bad(
+            "url",
+            format!("query parameter `protocol={other}`: expected resp2 or resp3"),
+        )),
     }
 }
 
@@ -278,6 +382,9 @@ mod tests {
             ("redis://localhost?maxlen=lots", "maxlen"),
             ("redis://localhost?health_interval=often", "health_interval"),
             ("redis://localhost?format=xml", "pubsub_format"),
+            ("redis://localhost?max_len=10", "url"),
+            ("redis://localhost?protocol=resp4", "url"),
+            ("redis://localhost?wait_timeout=soon", "wait_timeout"),
         ];
         for (url, field) in cases {
             let e = RedisConfig::from_url(url).unwrap_err();
@@ -297,6 +404,43 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(e.field(), Some("pool.max_size"));
+        for (url, field) in [
+            ("redis://h?wait_replicas=1&mode=pubsub", "wait_replicas"),
+            ("redis://h?wait_replicas=1&wait_timeout=0s", "wait_timeout"),
+            ("redis://h?wait_replicas=1&wait_timeout=10s", "wait_timeout"),
+        ] {
+            let e = RedisConfig::from_url(url).unwrap().validate().unwrap_err();
+            assert_eq!(e.field(), Some(field), "{url}: {e}");
+        }
+        RedisConfig::from_url("redis://h?wait_replicas=2&wait_timeout=250ms")
+            .unwrap()
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_misspelled_parameter_is_named() {
+        let e = RedisConfig::from_url("redis://localhost?max_len=10").unwrap_err();
+        assert!(e.message().contains("`max_len`"), "{e}");
+        assert!(e.message().contains("maxlen"), "lists the known ones: {e}");
+    }
+
+    #[test]
+    fn url_parameters_in_a_config_are_refused_not_ignored() {
+        let mut c = RedisConfig {
+            url: "redis://localhost?maxlen=100".into(),
+            ..RedisConfig::default()
+        };
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field(), Some("url"));
+        assert!(e.message().contains("`maxlen` field"), "{e}");
+        c.url = "redis://localhost?pool_max_size=3".into();
+        let e = c.validate().unwrap_err();
+        assert!(e.message().contains("`pool.max_size` field"), "{e}");
+        c.url = "redis://localhost?max_len=3".into();
+        assert!(c.validate().unwrap_err().message().contains("unknown"));
+        c.url = "redis://localhost?protocol=resp3".into();
+        c.validate().unwrap();
     }
 
     #[cfg(not(feature = "tls"))]

@@ -91,11 +91,23 @@ impl RedisPublisherBuilder {
     /// Validates and builds. Connections open lazily on first use; call
     /// [`Publisher::health`](publisher_core::Publisher::health) to check the server is reachable.
     ///
+    /// Needs no runtime unless `health_interval` is set (its monitor is a Tokio task); it never
+    /// panics outside one.
+    ///
     /// # Errors
-    /// `Config` naming the field at fault.
+    /// `Config` naming the field at fault, and `health_interval` when it is set outside a Tokio
+    /// runtime.
     pub fn build(self) -> Result<RedisPublisher> {
         let config = self.config;
         config.validate()?;
+        if config.health_interval.is_some() && tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::config(
+                BACKEND,
+                "health_interval",
+                "the background health check runs on Tokio: build the publisher inside a \
+                 Tokio runtime, or leave health_interval unset",
+            ));
+        }
         let source = match self.pool {
             Some(pool) => Source::Lent(pool),
             None => {
@@ -256,6 +268,67 @@ impl Inner {
         Ok(position)
     }
 
+    fn wait_command(&self) -> redis::Cmd {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.config.wait_replicas)
+            .arg(self.config.wait_timeout.as_millis().max(1) as u64);
+        wait
+    }
+
+    /// `XADD` then `WAIT`, pipelined on one connection: `WAIT` counts the replicas that hold
+    /// every write this connection made before it, so this entry among them.
+    async fn publish_waiting(&self, event: &Event, cmd: redis::Cmd) -> Result<Position> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        pipe.add_command(cmd).add_command(self.wait_command());
+        let mut conn = self.source.get(&self.config.pool).await?;
+        let replies = pipe
+            .query_async::<Vec<RedisResult<redis::Value>>>(conn.get())
+            .await;
+        match &replies {
+            Err(e) if broken(e) => conn.discard(),
+            Ok(replies) if replies.iter().any(|r| r.as_ref().is_err_and(broken)) => {
+                conn.discard();
+            }
+            _ => conn.touch(),
+        }
+        let mut replies = replies.map_err(from_command)?.into_iter();
+        let added = replies.next().unwrap_or_else(|| Err(short_pipeline()));
+        let waited = replies.next().unwrap_or_else(|| Err(short_pipeline()));
+        let position = self.position(event, added)?;
+        self.replicated(waited)?;
+        Ok(position)
+    }
+
+    /// Reads `WAIT`'s reply: fewer replicas than asked leaves the outcome unknown (the primary
+    /// holds the entry; whether it survives a failover is not known).
+    fn replicated(&self, reply: RedisResult<redis::Value>) -> Result<()> {
+        let wanted = u64::from(self.config.wait_replicas);
+        let reply = reply.map_err(|e| {
+            Error::outcome_unknown(
+                BACKEND,
+                format!("the entry was added but WAIT for {wanted} replica(s) failed: {e}"),
+            )
+        })?;
+        let acked: u64 = redis::from_redis_value(reply).map_err(|e| {
+            Error::outcome_unknown(
+                BACKEND,
+                format!("the entry was added but WAIT answered oddly: {e}"),
+            )
+        })?;
+        if acked < wanted {
+            return Err(Error::outcome_unknown(
+                BACKEND,
+                format!(
+                    "the entry is on the primary but only {acked} of {wanted} replica(s) \
+                     acknowledged it within wait_timeout ({:?})",
+                    self.config.wait_timeout
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     async fn ping(&self) -> Health {
         let started = Instant::now();
         let check = async {
@@ -300,7 +373,13 @@ impl Inner {
     }
 }
 
-/// Whether an error means the connection itself is unusable (not just this command).
+fn short_pipeline() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Client,
+        "pipeline returned fewer replies than commands",
+    ))
+}
+
 /// Whether the connection must be replaced: it failed, or it leads to a server that no longer
 /// takes writes (`READONLY`: a primary demoted to replica by a failover; `MASTERDOWN`), so
 /// that the next publish connects again (through the URL's name or proxy, to the new primary).
@@ -328,6 +407,9 @@ impl Backend for Inner {
     async fn publish(&self, event: &Event) -> Result<Position> {
         self.check(event)?;
         let cmd = self.command(event);
+        if self.config.wait_replicas > 0 {
+            return self.publish_waiting(event, cmd).await;
+        }
         let mut conn = self.source.get(&self.config.pool).await?;
         let reply = cmd.query_async::<redis::Value>(conn.get()).await;
         match &reply {
@@ -353,6 +435,10 @@ impl Backend for Inner {
         if sent.is_empty() {
             return Ok(());
         }
+        let waiting = self.config.wait_replicas > 0;
+        if waiting {
+            pipe.add_command(self.wait_command());
+        }
         let mut conn = self.source.get(&self.config.pool).await?;
         let replies = pipe
             .query_async::<Vec<RedisResult<redis::Value>>>(conn.get())
@@ -364,15 +450,18 @@ impl Backend for Inner {
             }
             _ => conn.touch(),
         }
-        let mut replies = replies.map_err(from_command)?.into_iter();
+        let mut replies = replies.map_err(from_command)?;
+        let replicated = if waiting {
+            let reply = replies.pop().unwrap_or_else(|| Err(short_pipeline()));
+            self.replicated(reply)
+        } else {
+            Ok(())
+        };
+        let mut replies = replies.into_iter();
         for i in sent {
-            let reply = replies.next().unwrap_or_else(|| {
-                Err(redis::RedisError::from((
-                    redis::ErrorKind::Client,
-                    "pipeline returned fewer replies than commands",
-                )))
-            });
-            results.set(i, self.position(&events[i], reply));
+            let reply = replies.next().unwrap_or_else(|| Err(short_pipeline()));
+            let outcome = self.position(&events[i], reply);
+            results.set(i, outcome.and_then(|p| replicated.clone().map(|()| p)));
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ fn malformed_urls_wrong_schemes_and_unknown_modes_are_config_errors() {
         ("redis://localhost?maxlen=0", "maxlen"),
         ("redis://localhost?max_payload_bytes=0", "max_payload_bytes"),
         ("redis://localhost?pool_max_size=0", "pool.max_size"),
+        ("redis://localhost?max_len=10", "url"),
     ];
     for (url, field) in cases {
         let err = RedisPublisher::from_url(url).expect_err(url);
@@ -29,6 +30,28 @@ fn malformed_urls_wrong_schemes_and_unknown_modes_are_config_errors() {
         let err = RedisPublisher::from_url("rediss://localhost").unwrap_err();
         assert!(err.to_string().contains("`tls` feature"), "{err}");
     }
+}
+
+#[test]
+fn building_outside_a_runtime_never_panics() {
+    // No Tokio runtime on this thread: a health monitor cannot start, and says so.
+    let err = RedisPublisher::from_url("redis://127.0.0.1:6379?health_interval=1s").unwrap_err();
+    assert_eq!(err.field(), Some("health_interval"), "{err}");
+    assert!(err.message().contains("Tokio runtime"), "{err}");
+    // Without one, the publisher builds here and publishes once a runtime runs it.
+    let publisher = RedisPublisher::from_url(&redis_url()).unwrap();
+    let topic = publisher_core::testing::unique_name("publisher-test.no-runtime");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        publisher
+            .publish(Event::new(topic.as_str(), "built outside"))
+            .await
+            .unwrap();
+        let mut conn = client_conn(&redis_url()).await;
+        let n: usize = conn.xlen(&topic).await.unwrap();
+        assert_eq!(n, 1);
+        let _: () = conn.del(&topic).await.unwrap();
+        publisher.close().await.unwrap();
+    });
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use publisher_core::{ErrorKind, Event, PoolConfig, Publisher, Timeouts};
-use publisher_redis::{Mode, RedisPublisher};
+use publisher_redis::{Mode, RedisConfig, RedisPublisher};
 use support::{RedisServer, client_conn, config, read_stream, redis_url};
 
 fn tight_timeouts() -> Timeouts {
@@ -358,4 +358,96 @@ async fn failover_readonly_replies_drop_the_connection_and_publishing_recovers()
         );
     }
     publisher.close().await.unwrap();
+}
+
+/// `wait_replicas`: Ok only once a replica holds the entry; with the replica gone, the publish
+/// says "outcome unknown" (the primary has it) instead of Ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_replicas_confirms_only_what_a_replica_holds() {
+    let primary = RedisServer::start().await;
+    let mut replica = RedisServer::start().await;
+    let mut primary_conn = client_conn(&primary.url()).await;
+    let mut replica_conn = client_conn(&replica.url()).await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(primary.port)
+        .query_async(&mut replica_conn)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut primary_conn)
+            .await
+            .unwrap();
+        if info.contains("connected_slaves:1") && info.contains("state=online") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never came online: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let url = format!("{}?wait_replicas=1&wait_timeout=300ms", primary.url());
+    let publisher = RedisPublisher::builder()
+        .config(RedisConfig {
+            timeouts: Timeouts::default().with_publish(Duration::from_secs(3)),
+            ..config(&url, Mode::Stream)
+        })
+        .build()
+        .unwrap();
+    let stream = publisher_core::testing::unique_name("publisher-test.wait");
+    publisher
+        .publish(Event::text(stream.clone(), "one"))
+        .await
+        .unwrap();
+    let batch = publisher
+        .publish_batch(vec![
+            Event::text(stream.clone(), "two"),
+            Event::text(stream.clone(), "three"),
+        ])
+        .await;
+    assert!(batch.is_all_ok(), "{batch:?}");
+    // Acknowledged means on the replica already: read there, no waiting.
+    assert_eq!(
+        payloads(read_stream(&mut replica_conn, &stream).await),
+        ["one", "two", "three"]
+    );
+
+    replica.kill();
+    let e = publisher
+        .publish(Event::text(stream.clone(), "four"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
+    assert!(
+        e.is_retryable() && e.message().contains("0 of 1 replica"),
+        "{e}"
+    );
+    let batch = publisher
+        .publish_batch(vec![
+            Event::text(stream.clone(), "five"),
+            Event::text(stream.clone(), "six"),
+        ])
+        .await;
+    for r in batch.results() {
+        let e = r.as_ref().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
+    }
+    // The primary holds what it could not get replicated: "unknown", not "not sent".
+    assert_eq!(
+        payloads(read_stream(&mut primary_conn, &stream).await),
+        ["one", "two", "three", "four", "five", "six"]
+    );
+    publisher.close().await.unwrap();
+}
+
+fn payloads(events: Vec<Event>) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| String::from_utf8_lossy(e.payload()).into_owned())
+        .collect()
 }
