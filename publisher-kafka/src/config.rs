@@ -233,12 +233,19 @@ const OWNED: &[(&str, &str)] = &[
     ("message.max.bytes", "max_message_bytes"),
 ];
 
+/// Percent-decodes a URL component (`%26` is `&`); `+` stays `+`, as in a password.
+fn decode(s: &str) -> std::borrow::Cow<'_, str> {
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy()
+}
+
 impl KafkaConfig {
     /// Parses `kafka://host1:9092,host2:9092?acks=all&compression=zstd`. Known query
     /// parameters: `acks`, `idempotence`, `linger_ms`, `batch_size`, `compression`,
     /// `queue_max_messages`, `request_timeout_ms`, `message_timeout_ms`, `max_message_bytes`;
     /// any other (a librdkafka property such as `client.id` or `security.protocol`) goes to
-    /// [`properties`](Self::properties).
+    /// [`properties`](Self::properties). Names and values are percent-decoded (`%26` for `&`,
+    /// `%3D` for `=`). Credentials before the host (`kafka://user:pass@host`) are refused:
+    /// they go in SASL properties.
     ///
     /// # Errors
     /// `Config` naming `url` or the parameter at fault.
@@ -248,14 +255,28 @@ impl KafkaConfig {
             .ok_or_else(|| bad("url", "expected a kafka:// URL"))?;
         let (brokers, query) = rest.split_once('?').unwrap_or((rest, ""));
         let brokers = brokers.trim_end_matches('/');
+        if brokers.contains('@') {
+            // Never echo the text: it holds a password.
+            return Err(bad(
+                "url",
+                "kafka:// URLs carry no credentials: set `sasl.username` and `sasl.password` \
+                 (with `security.protocol` and `sasl.mechanism`) as query parameters or \
+                 properties",
+            ));
+        }
         let mut cfg = KafkaConfig {
             brokers: brokers.to_owned(),
             ..Default::default()
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair
-                .split_once('=')
-                .ok_or_else(|| bad("url", format!("query parameter `{pair}` has no value")))?;
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                bad(
+                    "url",
+                    format!("query parameter `{}` has no value", decode(pair)),
+                )
+            })?;
+            let (k, v) = (decode(k), decode(v));
+            let (k, v) = (k.as_ref(), v.as_ref());
             match k {
                 "acks" => cfg.acks = Acks::parse(v)?,
                 "idempotence" => {
@@ -448,5 +469,24 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("sasl.username"));
+    }
+
+    #[test]
+    fn credentials_in_the_authority_are_refused_without_echo() {
+        let e = KafkaConfig::from_url("kafka://alice:hunter2@h:9092").unwrap_err();
+        assert_eq!((e.kind(), e.field()), (ErrorKind::Config, Some("url")));
+        assert!(e.message().contains("sasl.username"), "{e}");
+        assert!(!format!("{e} {e:?}").contains("hunter2"), "{e:?}");
+    }
+
+    #[test]
+    fn query_names_and_values_are_percent_decoded() {
+        let c = KafkaConfig::from_url(
+            "kafka://h:9092?sasl.password=a%26b%3Dc+d&client%2Eid=me%20too&linger_ms=%32%30",
+        )
+        .unwrap();
+        assert_eq!(c.properties["sasl.password"], "a&b=c+d");
+        assert_eq!(c.properties["client.id"], "me too");
+        assert_eq!(c.linger, Duration::from_millis(20));
     }
 }

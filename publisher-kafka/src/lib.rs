@@ -8,6 +8,7 @@ pub mod mapping;
 mod publisher;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod topics;
 
 pub use config::{Acks, Compression, KafkaConfig};
 pub use publisher::{KafkaPublisher, KafkaPublisherBuilder};

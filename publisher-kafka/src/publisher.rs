@@ -14,6 +14,11 @@ use crate::BACKEND;
 use crate::config::KafkaConfig;
 use crate::error::from_kafka;
 use crate::mapping::{record, validate};
+use crate::topics::KnownTopics;
+
+/// A name no Kafka broker accepts (a space is not a legal topic character), asked for by
+/// `health` before any topic is known: the answer lists the brokers, and no broker creates it.
+const HEALTH_TOPIC: &str = "publisher health check";
 
 /// Publishes to Kafka through one shared rdkafka `FutureProducer`.
 ///
@@ -40,6 +45,23 @@ struct Inner {
     /// Taken at close, so that librdkafka's threads and connections end with the close, not
     /// with the last reference to the publisher.
     producer: Mutex<Option<FutureProducer>>,
+    /// Topics the broker confirmed exist.
+    topics: KnownTopics,
+}
+
+impl Drop for Inner {
+    /// Dropping librdkafka's producer joins its threads and destroys its handle (100 to 600 ms
+    /// of blocking): done on the blocking pool, never on an async worker.
+    fn drop(&mut self) {
+        let producer = self
+            .producer
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let (Some(producer), Ok(runtime)) = (producer, tokio::runtime::Handle::try_current()) {
+            runtime.spawn_blocking(move || drop(producer));
+        }
+    }
 }
 
 /// Builds a [`KafkaPublisher`]. Setters never fail; [`KafkaPublisherBuilder::build`] validates
@@ -92,6 +114,7 @@ impl KafkaPublisherBuilder {
             inner: Arc::new(Inner {
                 config,
                 producer: Mutex::new(Some(producer)),
+                topics: KnownTopics::default(),
             }),
             lifecycle,
         })
@@ -156,6 +179,13 @@ impl Inner {
 
     fn max(&self) -> usize {
         self.config.max_message_bytes
+    }
+
+    /// How long to wait for a topic's metadata before sending anyway.
+    fn topic_wait(&self) -> Duration {
+        self.config
+            .request_timeout
+            .min(self.config.timeouts.publish / 2)
     }
 
     /// Enqueues one record, waiting (bounded by `deadline`) while the local queue is full.
@@ -235,6 +265,9 @@ impl Backend for Inner {
     async fn publish(&self, event: &Event) -> Result<Position> {
         validate(event, self.max())?;
         let producer = self.producer()?;
+        self.topics
+            .check(&producer, event.topic(), self.topic_wait())
+            .await?;
         let r = producer
             .send(record(event), Timeout::After(self.config.timeouts.publish))
             .await;
@@ -246,6 +279,18 @@ impl Backend for Inner {
         let deadline = Instant::now() + self.config.timeouts.publish;
         let mut pending = Vec::with_capacity(events.len());
         for (i, event) in events.iter().enumerate() {
+            let checked = match validate(event, self.max()) {
+                Ok(()) => {
+                    self.topics
+                        .check(&producer, event.topic(), self.topic_wait())
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = checked {
+                results.set(i, Err(e));
+                continue;
+            }
             match self.enqueue(&producer, event, deadline).await {
                 Ok(future) => pending.push((i, future)),
                 Err(e) => results.set(i, Err(e)),
@@ -269,10 +314,16 @@ impl Backend for Inner {
         };
         let timeout = self.config.timeouts.health;
         let started = Instant::now();
+        // Metadata of one topic (one we publish to, or a name no broker creates), never of
+        // every topic of the cluster: the answer lists the brokers either way.
+        let topic = self
+            .topics
+            .any_known()
+            .unwrap_or_else(|| HEALTH_TOPIC.to_owned());
         let fetch = tokio::task::spawn_blocking(move || {
             producer
                 .client()
-                .fetch_metadata(None, Timeout::After(timeout))
+                .fetch_metadata(Some(&topic), Timeout::After(timeout))
                 .map(|m| m.brokers().len())
         });
         match tokio::time::timeout(timeout + Duration::from_millis(200), fetch).await {

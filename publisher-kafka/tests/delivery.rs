@@ -128,3 +128,52 @@ async fn close_under_load_loses_no_acknowledged_event_and_counts_match() {
     );
     delete_topic(&b, &topic).await;
 }
+
+/// `health` asks for one topic's metadata (never every topic's): before any publish, a name no
+/// broker creates; after, a topic it publishes to. Neither creates a topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_asks_for_one_topic_and_creates_none() {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let b = brokers();
+    let topics = |b: String| async move {
+        tokio::task::spawn_blocking(move || {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &b)
+                .set("allow.auto.create.topics", "false")
+                .create()
+                .unwrap();
+            let m = c.fetch_metadata(None, Duration::from_secs(5)).unwrap();
+            m.topics()
+                .iter()
+                .map(|t| t.name().to_owned())
+                .collect::<HashSet<_>>()
+        })
+        .await
+        .unwrap()
+    };
+    let before = topics(b.clone()).await;
+    let publisher = KafkaPublisher::builder()
+        .config(config(&b))
+        .build()
+        .unwrap();
+    let health = publisher.health().await;
+    assert!(health.is_healthy(), "{health}");
+    let topic = unique_name("publisher-test.health");
+    create_topic(&b, &topic, 1).await;
+    publisher
+        .publish(Event::text(topic.clone(), "x"))
+        .await
+        .unwrap();
+    let health = publisher.health().await;
+    assert!(health.is_healthy(), "{health}");
+    let after = topics(b.clone()).await;
+    // Other tests of this binary create topics meanwhile: only names of ours count.
+    let created: Vec<_> = after
+        .difference(&before)
+        .filter(|t| !t.starts_with("publisher-test."))
+        .collect();
+    assert!(created.is_empty(), "health created {created:?}");
+    publisher.close().await.unwrap();
+    delete_topic(&b, &topic).await;
+}

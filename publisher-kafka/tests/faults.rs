@@ -175,6 +175,74 @@ async fn unreachable_broker_health_is_unhealthy_and_bounded() {
     let report = publisher.close().await.unwrap();
     // If the publish timeout fired before librdkafka's message timeout, the record was still
     // queued at close: it is purged and reported, never delivered silently.
-    let still_queued = usize::from(!err.message().contains("message_timeout"));
+    // (A first publish to a topic looks the topic up first: unreachable brokers fail it with
+    // `Connect` before anything is queued.)
+    let still_queued =
+        usize::from(err.kind() != ErrorKind::Connect && !err.message().contains("message_timeout"));
     assert_eq!(report.abandoned, still_queued, "{report} after {err}");
+}
+
+/// A topic that does not exist, on a broker that does not create topics on demand: the publish
+/// fails at once with `Rejected` naming the topic (not a retryable timeout after
+/// `message_timeout`), other topics are unaffected, and once the topic exists it is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_fails_fast_by_name_and_alone() {
+    let cluster = MockCluster::new(1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    cluster.create_topic("present", 1, 1).unwrap();
+    let mut cfg = mock_config(&bootstrap);
+    // The client side of "auto-creation off": its metadata requests do not ask for creation.
+    cfg.properties
+        .insert("allow.auto.create.topics".into(), "false".into());
+    let publisher = KafkaPublisher::builder().config(cfg).build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while publisher
+        .publish(Event::text("present", "warm-up"))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "mock cluster never accepted a record"
+        );
+    }
+
+    let started = Instant::now();
+    let e = publisher
+        .publish(Event::text("absent", "x"))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(e.kind(), ErrorKind::Rejected, "{e}");
+    assert!(!e.is_retryable() && !e.is_outcome_unknown(), "{e}");
+    assert_eq!(e.field(), Some("topic"));
+    assert!(e.message().contains("`absent`"), "{e}");
+
+    let batch = publisher
+        .publish_batch(vec![
+            Event::text("present", "a"),
+            Event::text("absent", "b"),
+            Event::text("present", "c"),
+        ])
+        .await;
+    let kinds: Vec<_> = batch
+        .results()
+        .iter()
+        .map(|r| r.as_ref().err().map(|e| e.kind()))
+        .collect();
+    assert_eq!(kinds, [None, Some(ErrorKind::Rejected), None], "{batch:?}");
+
+    // Not remembered as missing: once created, it is published to.
+    cluster.create_topic("absent", 1, 1).unwrap();
+    publisher
+        .publish(Event::text("absent", "now it exists"))
+        .await
+        .unwrap();
+    let got = consume(&bootstrap, "absent", 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    publisher.close().await.unwrap();
 }
