@@ -7,7 +7,7 @@ use std::time::Duration;
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use lapin::options::ConfirmSelectOptions;
 use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties, ConnectionStatus};
 use publisher_core::{Error, ErrorKind, Result};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -94,14 +94,6 @@ impl Link {
         }
     }
 
-    /// The current connection without connecting.
-    pub(crate) async fn current(&self) -> Option<Arc<Connection>> {
-        match self {
-            Link::Lent(c) => Some(c.clone()),
-            Link::Owned { current, .. } => current.lock().await.clone(),
-        }
-    }
-
     /// Closes our connection (never a lent one). Closing an already closed connection is fine.
     pub(crate) async fn close(&self, limit: Duration) {
         if let Link::Owned { current, .. } = self
@@ -127,6 +119,9 @@ impl Link {
 pub struct ConfirmChannel {
     pub(crate) channel: Channel,
     pub(crate) confirms: Arc<Confirms>,
+    /// The state of the channel's connection: `blocked` while RabbitMQ refuses publishes (a
+    /// memory or disk alarm, `connection.blocked`).
+    pub(crate) connection: ConnectionStatus,
 }
 
 /// Opens confirm-mode channels on the publisher's connection and checks them before reuse.
@@ -151,6 +146,7 @@ impl managed::Manager for ChannelManager {
             .await
             .map_err(from_lapin)?;
         Ok(ConfirmChannel {
+            connection: conn.status().clone(),
             channel: channel.clone(),
             confirms: Arc::new(Confirms::spawn(
                 channel.clone(),

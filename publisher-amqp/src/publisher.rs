@@ -180,6 +180,16 @@ impl AmqpPublisher {
     }
 }
 
+/// RabbitMQ sent `connection.blocked`.
+fn blocked() -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        BACKEND,
+        "RabbitMQ is refusing publishes on this connection (connection.blocked: a memory or \
+         disk alarm); nothing was sent, try again later",
+    )
+}
+
 impl Inner {
     fn pool_timeouts(&self) -> deadpool::managed::Timeouts {
         deadpool::managed::Timeouts {
@@ -244,6 +254,11 @@ impl Inner {
         event: &Event,
     ) -> Result<tokio::sync::oneshot::Receiver<Outcome>> {
         let (routing_key, props) = properties(event, self.config.persistent)?;
+        if channel.connection.blocked() {
+            // lapin writes nothing while blocked: the message would sit in its queue and go
+            // out when the alarm clears, long after this publish gave up.
+            return Err(blocked());
+        }
         let (ticket, confirm) = channel
             .confirms
             .ordered(channel.channel.basic_publish(
@@ -272,7 +287,8 @@ impl Inner {
                 ErrorKind::Rejected,
                 BACKEND,
                 format!(
-                    "unroutable: exchange `{}` has no queue for routing key `{}` ({code} {text})",
+                    "returned by RabbitMQ as unroutable: exchange `{}` has no queue for routing \
+                     key `{}` ({code} {text})",
                     self.config.exchange,
                     event.topic(),
                 ),
@@ -369,15 +385,11 @@ impl Backend for Inner {
     async fn health(&self) -> Health {
         let started = Instant::now();
         let check = async {
-            let conn = self.link.current().await.ok_or_else(|| {
-                Error::new(ErrorKind::Connect, BACKEND, "no connection to RabbitMQ")
-            })?;
-            if !conn.status().connected() {
-                return Err(Error::new(
-                    ErrorKind::Connect,
-                    BACKEND,
-                    "the connection to RabbitMQ is down",
-                ));
+            // Reconnects a dropped connection of ours (bounded by the connect timeout), so an
+            // idle publisher reports healthy again once RabbitMQ is back, without a publish.
+            let conn = self.link.connection().await?;
+            if conn.status().blocked() {
+                return Err(blocked());
             }
             let channel = conn.create_channel().await.map_err(from_lapin)?;
             let _ = channel.close(200, "health check".into()).await;

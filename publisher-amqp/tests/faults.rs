@@ -12,7 +12,7 @@ use publisher_amqp::{AmqpConfig, AmqpPublisher};
 use publisher_core::testing::unique_name;
 use publisher_core::testing::{FaultProxy, ProxyMode as Mode};
 use publisher_core::{ErrorKind, Event, PoolConfig, Publisher, Timeouts};
-use support::{Client, amqp_addr, url_via};
+use support::{Client, RabbitNode, amqp_addr, url_via};
 
 async fn publisher_via(proxy: &FaultProxy, publish: Duration) -> AmqpPublisher {
     let mut cfg = AmqpConfig::from_url(&url_via(proxy.addr)).unwrap();
@@ -196,5 +196,137 @@ async fn refused_connection_while_down_is_typed_and_health_is_unhealthy() {
         ),
         "{err:?}"
     );
+    publisher.close().await.unwrap();
+}
+
+/// An idle publisher (nothing published since the broker came back) reports healthy again by
+/// itself: health reconnects, it does not just read the state of a dead connection.
+#[tokio::test]
+async fn idle_publisher_reports_healthy_again_once_the_broker_is_back() {
+    let proxy = FaultProxy::start(amqp_addr()).await;
+    let publisher = publisher_via(&proxy, Duration::from_secs(1)).await;
+    assert!(publisher.health().await.is_healthy());
+    proxy.set(Mode::Refuse);
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let health = publisher.health().await;
+    assert!(!health.is_healthy(), "{health}");
+    proxy.set(Mode::Pass);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let health = publisher.health().await;
+        if health.is_healthy() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still unhealthy 10 s after the broker came back: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    publisher.close().await.unwrap();
+}
+
+/// A memory alarm on a RabbitMQ node of the test's own (`connection.blocked`): publishes are
+/// refused at once with `Unavailable` (nothing sent) or, when the block came while they were in
+/// flight, end as outcome unknown within the publish timeout; health says so; close returns
+/// within its bound; once the alarm clears, publishing resumes and no refused event shows up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_alarm_refuses_publishes_fast_and_every_wait_stays_bounded() {
+    let Some(node) = RabbitNode::start().await else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "no RabbitMQ node of the test's own under CI=true"
+        );
+        return;
+    };
+    let queue = unique_name("publisher-test.alarm");
+    let client = publisher_amqp::testing::QueueClient::connect(&node.url())
+        .await
+        .unwrap();
+    client
+        .declare_queue(&queue, FieldTable::default())
+        .await
+        .unwrap();
+    let open = || async {
+        let mut cfg = AmqpConfig::from_url(&node.url()).unwrap();
+        cfg.timeouts = Timeouts::default()
+            .with_publish(Duration::from_secs(1))
+            .with_health(Duration::from_secs(1))
+            .with_close(Duration::from_secs(2));
+        AmqpPublisher::builder().config(cfg).build().await.unwrap()
+    };
+    let publisher = open().await;
+    let other = open().await;
+    publisher
+        .publish(Event::text(queue.clone(), "before"))
+        .await
+        .unwrap();
+    other
+        .publish(Event::text(queue.clone(), "other before"))
+        .await
+        .unwrap();
+
+    node.ctl(&["set_vm_memory_high_watermark", "0"]);
+    let mut refused = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let e = Event::text(queue.clone(), format!("during {}", refused.len()));
+        let id = e.id();
+        let started = Instant::now();
+        let r = publisher.publish(e).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "a publish during the alarm took {:?}",
+            started.elapsed()
+        );
+        match r {
+            Err(e) if e.kind() == ErrorKind::Unavailable => {
+                assert!(e.message().contains("connection.blocked"), "{e}");
+                refused.push(id);
+                if refused.len() == 5 {
+                    break;
+                }
+            }
+            Err(e) => assert!(e.is_outcome_unknown(), "{e}"),
+            Ok(_) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the alarm never blocked the publisher"
+        );
+    }
+    let health = publisher.health().await;
+    assert!(!health.is_healthy(), "{health}");
+    // Close while blocked: bounded by the close timeout, whatever lapin is waiting for.
+    let started = Instant::now();
+    let report = other.close().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "close during the alarm took {:?}: {report:?}",
+        started.elapsed()
+    );
+
+    node.ctl(&["set_vm_memory_high_watermark", "0.4"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while publisher
+        .publish(Event::text(queue.clone(), "after"))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "publishing never resumed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = client.drain(&queue).await.unwrap();
+    let ids: std::collections::HashSet<_> = held.iter().map(|e| e.id()).collect();
+    for id in &refused {
+        assert!(
+            !ids.contains(id),
+            "an event refused as Unavailable reached the queue"
+        );
+    }
+    assert!(held.iter().any(|e| e.payload().as_ref() == b"before"));
+    assert!(held.iter().any(|e| e.payload().as_ref() == b"after"));
     publisher.close().await.unwrap();
 }

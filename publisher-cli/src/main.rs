@@ -49,7 +49,13 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EVPUB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+                // lapin logs every returned message with its payload: never in our output.
+                .add_directive(
+                    publisher::amqp::HIDE_RETURNED_PAYLOADS
+                        .parse()
+                        .expect("a valid directive"),
+                ),
         )
         .init();
     let cli = Cli::parse();

@@ -141,6 +141,52 @@ fn concurrency_keeps_per_key_order() {
     }
 }
 
+fn amqp_url() -> String {
+    std::env::var("PUBLISHER_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A returned (unroutable) event's payload never reaches evpub's output, with lapin's logs at
+/// info; the error says it was returned.
+#[test]
+fn returned_payloads_stay_out_of_the_logs() {
+    let topic = format!("evpub-test.nobody.{}", publisher::Uuid::now_v7().simple());
+    let secret = format!("s3cret-{}", publisher::Uuid::now_v7().simple());
+    let input = format!("{{\"topic\":\"{topic}\",\"payload\":\"{secret}\"}}\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_evpub"))
+        .args(["--url", &amqp_url(), "send"])
+        .env_remove("PUBLISHER_URL")
+        .env("EVPUB_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    if stderr.contains("Connection refused") && std::env::var("CI").as_deref() != Ok("true") {
+        eprintln!(
+            "no RabbitMQ at {} (PUBLISHER_TEST_AMQP_URL): skipped",
+            amqp_url()
+        );
+        return;
+    }
+    assert_ne!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("returned"), "{stderr}");
+    assert!(
+        !stdout.contains(&secret) && !stderr.contains(&secret),
+        "the payload reached the output:\n{stdout}\n{stderr}"
+    );
+    // lapin's WARN line for the return (body and headers in Debug form) is filtered out.
+    assert!(!stderr.contains("Server returned us a message"), "{stderr}");
+}
+
 fn redis_url() -> String {
     std::env::var("PUBLISHER_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }

@@ -191,6 +191,21 @@ impl RabbitNode {
         }
     }
 
+    /// Runs `rabbitmqctl` against this node, panicking when it fails.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new("rabbitmqctl")
+            .args(["-q", "-n", &self.name])
+            .args(args)
+            .output()
+            .expect("rabbitmqctl");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Kills the node hard (SIGKILL to the Erlang VM), as a crash would.
     pub fn kill(&mut self) {
         if let Ok(pid) = std::fs::read_to_string(self.dir.join("pid")) {
