@@ -59,6 +59,9 @@ enum Command {
         /// Create/publish/close cycles.
         #[arg(long, default_value_t = 10_000)]
         cycles: u64,
+        /// Publishes given up early (cancelled by a 0.1 to 1 ms timeout) through one publisher.
+        #[arg(long, default_value_t = 1_000_000)]
+        dropped: u64,
     },
 }
 
@@ -256,7 +259,11 @@ async fn main() {
             }
             i32::from(failed)
         }
-        Command::Soak { events, cycles } if targets.len() > 1 => {
+        Command::Soak {
+            events,
+            cycles,
+            dropped,
+        } if targets.len() > 1 => {
             // RSS is the process's: after one backend's soak the allocator keeps (or returns)
             // memory the next backend's baseline would be measured against. Each backend is
             // soaked in a process of its own.
@@ -271,13 +278,19 @@ async fn main() {
                     &events.to_string(),
                     "--cycles",
                     &cycles.to_string(),
+                    "--dropped",
+                    &dropped.to_string(),
                 ])
                 .status();
                 failed |= !status.is_ok_and(|s| s.success());
             }
             i32::from(failed)
         }
-        Command::Soak { events, cycles } => {
+        Command::Soak {
+            events,
+            cycles,
+            dropped,
+        } => {
             let mut failed = false;
             for t in targets {
                 let s = match Soak::new(t.clone()).await {
@@ -288,10 +301,15 @@ async fn main() {
                         continue;
                     }
                 };
-                match s.run(events, cycles, Duration::from_secs(20)).await {
+                match s
+                    .run(events, cycles, dropped, Duration::from_secs(20))
+                    .await
+                {
                     Ok(r) => {
                         soak::print(&r);
-                        failed |= !r.counts_returned() || r.rss_growth_kib() > 2048;
+                        failed |= !r.counts_returned()
+                            || r.rss_growth_kib() > 2048
+                            || r.dropped_rss_growth_kib() > 2048;
                     }
                     Err(e) => {
                         eprintln!("{}: {e}", t.backend);

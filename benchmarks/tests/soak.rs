@@ -1,4 +1,5 @@
-//! The short soak (10,000 events, 200 create/publish/close cycles) on every backend whose broker
+//! The short soak (10,000 events, 200 create/publish/close cycles, 20,000 given-up publishes)
+//! on every backend whose broker
 //! answers, one backend at a time: open descriptors, live tokio tasks and broker-side connections return to their
 //! warm-up values.
 
@@ -19,7 +20,7 @@ async fn short_soak(backend: Backend) {
     };
     let soak = Soak::new(target).await.unwrap();
     let report = soak
-        .run(10_000, 200, Duration::from_secs(20))
+        .run(10_000, 200, 20_000, Duration::from_secs(20))
         .await
         .unwrap();
     soak.cleanup().await;
