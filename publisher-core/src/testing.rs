@@ -166,6 +166,21 @@ pub trait OwnBroker: Send + Sync {
     /// Stops the broker as a crash would, keeps it down for `down`, and starts it again on
     /// the same address with what it had made durable.
     async fn restart(&self, down: Duration);
+
+    /// A proxy every client of this broker goes through, because the broker advertises it as
+    /// its own address (Kafka clients connect where the broker's metadata tells them, so a
+    /// proxy put before the bootstrap address alone would be bypassed). The connection fault
+    /// scenarios use it when the harness has no [`Harness::broker_addr`]. Default: none.
+    fn proxy(&self) -> Option<Arc<FaultProxy>> {
+        None
+    }
+
+    /// Whether the broker keeps what it acknowledged across [`OwnBroker::restart`]; the
+    /// restart scenario is not carried by one that does not (a broker storing in memory).
+    /// Default: true.
+    fn durable(&self) -> bool {
+        true
+    }
 }
 
 /// The default [`Harness::bad_event`]: an [`Intent::Invalid`] event (an empty topic, which
@@ -779,27 +794,62 @@ async fn conclude(
 
 /// A [`FaultProxy`] before the broker and a publisher through it with the given publish and
 /// close timeouts; `None` (saying so) when the harness has no connection to proxy.
-async fn through_proxy(
-    h: &dyn Harness,
+/// A publisher whose connections pass a [`FaultProxy`], and the harness that reads what it
+/// published (the suite's own, or that of a broker of the scenario's own).
+struct Proxied<'h> {
+    proxy: Arc<FaultProxy>,
+    publisher: Arc<dyn Publisher>,
+    /// Kept alive (its broker runs) for the scenario's length.
+    own: Option<Arc<dyn OwnBroker>>,
+    suite: &'h dyn Harness,
+}
+
+impl Proxied<'_> {
+    fn harness(&self) -> &dyn Harness {
+        self.own.as_ref().map_or(self.suite, |o| o.harness())
+    }
+}
+
+async fn through_proxy<'h>(
+    h: &'h dyn Harness,
     scenario: &str,
     publish: Duration,
     close: Duration,
-) -> Option<(Arc<FaultProxy>, Arc<dyn Publisher>)> {
-    let Some(upstream) = h.broker_addr() else {
-        not_carried(h, scenario, "no connection a proxy can stand in");
-        return None;
-    };
-    let proxy = Arc::new(FaultProxy::start(upstream).await);
+) -> Option<Proxied<'h>> {
     let timeouts = Timeouts {
         publish,
         close,
         ..Timeouts::default()
     };
-    let p = h
+    if let Some(upstream) = h.broker_addr() {
+        let proxy = Arc::new(FaultProxy::start(upstream).await);
+        let p = h
+            .publisher_via(proxy.addr, timeouts)
+            .await
+            .expect("publisher through the proxy");
+        return Some(Proxied {
+            proxy,
+            publisher: Arc::from(p),
+            own: None,
+            suite: h,
+        });
+    }
+    let own: Option<Arc<dyn OwnBroker>> = h.own_broker().await.map(Arc::from);
+    let Some((own, proxy)) = own.and_then(|o| o.proxy().map(|p| (o, p))) else {
+        not_carried(h, scenario, "no connection a proxy can stand in");
+        return None;
+    };
+    let p = own
+        .harness()
         .publisher_via(proxy.addr, timeouts)
         .await
         .expect("publisher through the proxy");
-    Some((proxy, Arc::from(p)))
+    Some(Proxied {
+        proxy,
+        publisher: Arc::from(p),
+        own: Some(own),
+        suite: h,
+    })
 }
 
 fn intents_line(h: &dyn Harness, topic: &str, bad: &[Intent]) -> String {
@@ -943,7 +993,7 @@ async fn assert_recovers(p: &dyn Publisher, topic: &str, records: &mut Vec<Recor
 /// typed and explained by the fault, nothing acknowledged may be lost, nothing reported
 /// "not sent" may be at the broker, and the publisher recovers by itself.
 pub async fn history_connection_cut(h: &dyn Harness) {
-    let Some((proxy, p)) = through_proxy(
+    let Some(px) = through_proxy(
         h,
         "connection cut",
         Duration::from_secs(5),
@@ -953,6 +1003,7 @@ pub async fn history_connection_cut(h: &dyn Harness) {
     else {
         return;
     };
+    let (proxy, p, h) = (px.proxy.clone(), px.publisher.clone(), px.harness());
     let topic = h.topic("history-cut").await.expect("topic");
     let scenario = format!("{} connection cut twice, c=64", p.backend());
     let mut records = plan(h, &topic, &scenario, 3_000, &[], 0);
@@ -972,7 +1023,7 @@ pub async fn history_connection_cut(h: &dyn Harness) {
 /// Publishes caught in the stall must fail with `OutcomeUnknown` (their bytes left), never a
 /// "not sent" kind for an event the broker then holds; the publisher recovers.
 pub async fn history_stall_past_publish_timeout(h: &dyn Harness) {
-    let Some((proxy, p)) = through_proxy(
+    let Some(px) = through_proxy(
         h,
         "stall past the publish timeout",
         Duration::from_secs(1),
@@ -982,6 +1033,7 @@ pub async fn history_stall_past_publish_timeout(h: &dyn Harness) {
     else {
         return;
     };
+    let (proxy, p, h) = (px.proxy.clone(), px.publisher.clone(), px.harness());
     let topic = h.topic("history-stall").await.expect("topic");
     let scenario = format!(
         "{} stall 2.5 s past a 1 s publish timeout, c=64",
@@ -1022,7 +1074,7 @@ fn records_unknown(records: &[Record]) -> usize {
 /// (deadline 500 ms) gives up on them. Each must fail with `OutcomeUnknown` (their bytes left)
 /// and the close report must count every one of those events as abandoned.
 pub async fn history_close_deadline_in_flight(h: &dyn Harness) {
-    let Some((proxy, p)) = through_proxy(
+    let Some(px) = through_proxy(
         h,
         "close deadline with publishes in flight",
         Duration::from_secs(30),
@@ -1032,6 +1084,7 @@ pub async fn history_close_deadline_in_flight(h: &dyn Harness) {
     else {
         return;
     };
+    let (proxy, p, h) = (px.proxy.clone(), px.publisher.clone(), px.harness());
     let topic = h.topic("history-close").await.expect("topic");
     let scenario = format!(
         "{} close deadline passes with 300 events in flight",
@@ -1085,6 +1138,14 @@ pub async fn history_broker_restart(h: &dyn Harness) {
         return;
     };
     let own: Arc<dyn OwnBroker> = Arc::from(own);
+    if !own.durable() {
+        not_carried(
+            h,
+            "broker restart",
+            "its broker of its own keeps nothing across a restart",
+        );
+        return;
+    }
     let oh = own.harness();
     let topic = oh.topic("history-restart").await.expect("topic");
     let p: Arc<dyn Publisher> = Arc::from(publisher(oh).await);

@@ -141,19 +141,6 @@ impl KafkaPublisher {
     }
 }
 
-fn delivered(
-    r: rdkafka::producer::future_producer::OwnedDeliveryResult,
-    max: usize,
-) -> Result<Position> {
-    match r {
-        Ok(d) => Ok(Position::Partition {
-            partition: d.partition,
-            offset: d.offset,
-        }),
-        Err((e, _)) => Err(delivery_error(from_kafka(e, max))),
-    }
-}
-
 /// A delivery report's error: the record was handed to librdkafka, which may have sent it
 /// (and retried it) before giving up, so a transport or availability failure does not mean the
 /// broker lacks it.
@@ -169,6 +156,80 @@ fn delivery_error(e: Error) -> Error {
 }
 
 impl Inner {
+    /// The delivery report's outcome. A failure may mean the producer itself is broken for
+    /// good: a fatal librdkafka error, or an idempotent producer the broker fences or whose
+    /// sequence it lost (after records timed out, librdkafka must bump its epoch; a broker that
+    /// refuses the bump fences every later record). The producer is then replaced, and the
+    /// record's outcome is unknown.
+    fn delivered(
+        &self,
+        producer: &FutureProducer,
+        r: rdkafka::producer::future_producer::OwnedDeliveryResult,
+    ) -> Result<Position> {
+        match r {
+            Ok(d) => Ok(Position::Partition {
+                partition: d.partition,
+                offset: d.offset,
+            }),
+            Err((e, _)) => {
+                let code = e.rdkafka_error_code();
+                let e = from_kafka(e, self.max());
+                match self.replace_if_broken(producer, code) {
+                    Some(broken) => Err(Error::outcome_unknown(
+                        BACKEND,
+                        format!(
+                            "the producer is unusable ({broken}) and was replaced; the record \
+                             may or may not have been written"
+                        ),
+                    )
+                    .with_source(e)),
+                    None => Err(delivery_error(e)),
+                }
+            }
+        }
+    }
+
+    /// Replaces `failed` (if it is still the current producer) when it is broken for good;
+    /// returns why. Concurrent failures of one producer replace it once.
+    fn replace_if_broken(
+        &self,
+        failed: &FutureProducer,
+        code: Option<RDKafkaErrorCode>,
+    ) -> Option<String> {
+        let broken = match failed.client().fatal_error() {
+            Some((code, reason)) => format!("fatal {code:?}: {reason}"),
+            None => match code? {
+                c @ (RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::InvalidProducerIdMapping) => format!("{c:?}"),
+                _ => return None,
+            },
+        };
+        let mut slot = self.producer.lock().unwrap_or_else(|p| p.into_inner());
+        let current = slot.as_ref()?;
+        if current.client().native_ptr() != failed.client().native_ptr() {
+            // Already replaced by another failed publish (or taken by close).
+            return Some(broken);
+        }
+        tracing::error!(backend = BACKEND, error = %broken, "Kafka producer unusable: replacing it");
+        match self.config.client_config().create::<FutureProducer>() {
+            Ok(new) => {
+                if let (Some(old), Ok(runtime)) =
+                    (slot.replace(new), tokio::runtime::Handle::try_current())
+                {
+                    // Its queued records fail with their own reports; dropping it blocks.
+                    runtime.spawn_blocking(move || drop(old));
+                }
+            }
+            Err(e) => {
+                tracing::error!(backend = BACKEND, error = %e, "cannot create a new Kafka producer");
+            }
+        }
+        Some(broken)
+    }
+
     fn producer(&self) -> Result<FutureProducer> {
         self.producer
             .lock()
@@ -271,7 +332,7 @@ impl Backend for Inner {
         let r = producer
             .send(record(event), Timeout::After(self.config.timeouts.publish))
             .await;
-        delivered(r, self.max())
+        self.delivered(&producer, r)
     }
 
     async fn publish_batch(&self, events: &[Event], results: &BatchResults) -> Result<()> {
@@ -296,9 +357,10 @@ impl Backend for Inner {
                 Err(e) => results.set(i, Err(e)),
             }
         }
+        let producer = &producer;
         let reports = pending.into_iter().map(|(i, future)| async move {
             let r = match future.await {
-                Ok(r) => delivered(r, self.max()),
+                Ok(r) => self.delivered(producer, r),
                 Err(_canceled) => Err(from_kafka(KafkaError::Canceled, self.max())),
             };
             results.set(i, r);

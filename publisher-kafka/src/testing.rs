@@ -127,6 +127,7 @@ pub async fn consume(
 #[derive(Debug, Clone)]
 pub struct TopicProbe {
     brokers: String,
+    unroutable: bool,
 }
 
 impl TopicProbe {
@@ -134,7 +135,17 @@ impl TopicProbe {
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
+            unroutable: false,
         }
+    }
+
+    /// The publishers under test create no topics (`allow.auto.create.topics=false`, or a
+    /// broker with auto-creation off): events to a topic that does not exist are the
+    /// unroutable ones of the history scenarios.
+    #[must_use]
+    pub fn with_unroutable_topics(mut self) -> Self {
+        self.unroutable = true;
+        self
     }
 }
 
@@ -159,10 +170,15 @@ impl Probe for TopicProbe {
     }
 
     /// Oversized: one byte over the default `max_message_bytes`, refused before sending
-    /// (`InvalidEvent`). Invalid: an empty topic. Unroutable is not made: a topic that does not
-    /// exist is looked up by librdkafka until the message timeout (not carried yet).
+    /// (`InvalidEvent`). Invalid: an empty topic. Unroutable (only
+    /// [`with_unroutable_topics`](Self::with_unroutable_topics)): a topic that does not exist,
+    /// `Rejected`.
     fn bad_event(&self, intent: Intent, topic: &str, n: usize) -> Option<BadEvent> {
         match intent {
+            Intent::Unroutable if self.unroutable => Some(BadEvent {
+                event: Event::text(format!("{topic}.absent"), format!("unroutable {n}")),
+                expect: ErrorKind::Rejected,
+            }),
             Intent::Oversized => Some(BadEvent {
                 event: Event::new(
                     topic.to_owned(),

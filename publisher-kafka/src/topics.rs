@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use publisher_core::{Error, ErrorKind, Result};
 use rdkafka::error::RDKafkaErrorCode as Code;
@@ -23,12 +23,17 @@ use crate::BACKEND;
 /// once): a bound on memory for publishers that name topics per tenant or per key.
 const MAX_TOPICS: usize = 10_000;
 
+/// How long a "no such topic" answer is reused before the broker is asked again (the topic
+/// may be created at any moment; meanwhile publishes to it do not each cost a round trip).
+const MISSING_FOR: Duration = Duration::from_secs(1);
+
 #[derive(Default)]
 struct Topic {
     /// The broker reported the topic with its partitions.
     known: AtomicBool,
-    /// One metadata request at a time per topic; the others wait for its answer.
-    checking: tokio::sync::Mutex<()>,
+    /// One metadata request at a time per topic; the others wait for its answer. Holds the
+    /// last refusal and when it came.
+    checking: tokio::sync::Mutex<Option<(Instant, Code)>>,
 }
 
 /// The topics the broker confirmed exist.
@@ -77,17 +82,26 @@ impl KnownTopics {
                 topics.entry(topic.to_owned()).or_default().clone()
             }
         };
-        let _checking = entry.checking.lock().await;
+        let mut refusal = entry.checking.lock().await;
         if entry.known.load(Ordering::Acquire) {
             return Ok(());
+        }
+        if let Some((at, code)) = *refusal
+            && at.elapsed() < MISSING_FOR
+        {
+            return Err(refused(topic, code));
         }
         match ask(producer, topic, wait).await {
             Answer::Exists => {
                 entry.known.store(true, Ordering::Release);
+                *refusal = None;
                 Ok(())
             }
             Answer::Unsure => Ok(()),
-            Answer::Refused(code) => Err(refused(topic, code)),
+            Answer::Refused(code) => {
+                *refusal = Some((Instant::now(), code));
+                Err(refused(topic, code))
+            }
             Answer::Unreachable(why) => Err(Error::new(
                 ErrorKind::Connect,
                 BACKEND,

@@ -236,13 +236,66 @@ async fn a_missing_topic_fails_fast_by_name_and_alone() {
         .collect();
     assert_eq!(kinds, [None, Some(ErrorKind::Rejected), None], "{batch:?}");
 
-    // Not remembered as missing: once created, it is published to.
+    // Not remembered as missing for long: a second after the last refusal, it is looked up
+    // again, and once created it is published to.
     cluster.create_topic("absent", 1, 1).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     publisher
         .publish(Event::text("absent", "now it exists"))
         .await
         .unwrap();
     let got = consume(&bootstrap, "absent", 1, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 1);
+    publisher.close().await.unwrap();
+}
+
+/// A broker that fences the idempotent producer (`PRODUCER_FENCED`, as tansu does when
+/// librdkafka bumps its epoch after timeouts) leaves librdkafka's producer failing every later
+/// record: the publisher replaces it, reports the fenced record as outcome unknown, and the
+/// next publishes succeed without a new publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_producer_is_replaced_and_publishing_continues() {
+    let cluster = MockCluster::new(1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    cluster.create_topic("fenced", 1, 1).unwrap();
+    let publisher = KafkaPublisher::builder()
+        .config(mock_config(&bootstrap))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while publisher
+        .publish(Event::text("fenced", "warm-up"))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "mock cluster never accepted a record"
+        );
+    }
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED; 3],
+    );
+    let e = publisher
+        .publish(Event::text("fenced", "fenced"))
+        .await
+        .unwrap_err();
+    assert!(e.is_outcome_unknown(), "{e}");
+    assert!(e.message().contains("replaced"), "{e}");
+    let mut ok = 0;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ok < 10 {
+        match publisher
+            .publish(Event::text("fenced", format!("after {ok}")))
+            .await
+        {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert!(e.is_outcome_unknown(), "{e}");
+                assert!(Instant::now() < deadline, "never recovered: {e}");
+            }
+        }
+    }
     publisher.close().await.unwrap();
 }

@@ -2,10 +2,14 @@
 //! `testing` probe.
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use publisher_core::testing::ProbeHarness;
-use publisher_core::{Event, Publisher};
+use publisher_core::testing::{FaultProxy, Harness, OwnBroker, ProbeHarness};
+use publisher_core::{Event, Publisher, Timeouts};
 use publisher_kafka::testing::TopicProbe;
 use publisher_kafka::{KafkaConfig, KafkaPublisher};
 
@@ -14,11 +18,16 @@ pub fn brokers() -> String {
     std::env::var("PUBLISHER_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+/// The tests' publishers create no topics (tests create theirs), so that an event to a topic
+/// that does not exist is refused at once, on any broker.
 pub fn config(brokers: &str) -> KafkaConfig {
-    KafkaConfig {
+    let mut cfg = KafkaConfig {
         brokers: brokers.to_owned(),
         ..Default::default()
-    }
+    };
+    cfg.properties
+        .insert("allow.auto.create.topics".into(), "false".into());
+    cfg
 }
 
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
@@ -38,7 +47,7 @@ pub async fn consume(brokers: &str, topic: &str, n: usize, timeout: Duration) ->
 }
 
 pub async fn harness() -> ProbeHarness<TopicProbe> {
-    ProbeHarness::new(TopicProbe::new(brokers()), || {
+    ProbeHarness::new(TopicProbe::new(brokers()).with_unroutable_topics(), || {
         std::future::ready(
             KafkaPublisher::builder()
                 .config(config(&brokers()))
@@ -46,4 +55,168 @@ pub async fn harness() -> ProbeHarness<TopicProbe> {
                 .map(|p| Box::new(p) as Box<dyn Publisher>),
         )
     })
+    .with_own_broker(|| async {
+        let tansu = Tansu::start().await?;
+        Some(Box::new(tansu) as Box<dyn OwnBroker>)
+    })
+}
+
+/// A publisher to `brokers` with the scenario's `timeouts`. librdkafka must report a record's
+/// failure before the publish timeout (the config refuses a `message_timeout` closer than 1 s
+/// to it), so a publish timeout under 1.5 s is raised to 1.5 s, with `message_timeout` 0.5 s.
+fn publisher_with(brokers: &str, timeouts: Timeouts) -> publisher_core::Result<Box<dyn Publisher>> {
+    let publish = timeouts.publish.max(Duration::from_millis(1500));
+    let cfg = KafkaConfig {
+        message_timeout: (publish - Duration::from_secs(1)).min(Duration::from_secs(30)),
+        timeouts: Timeouts {
+            publish,
+            ..timeouts
+        },
+        ..config(brokers)
+    };
+    Ok(Box::new(KafkaPublisher::builder().config(cfg).build()?))
+}
+
+/// A tansu broker of the test's own: a process on a free port, behind a [`FaultProxy`] that
+/// it advertises as its address, so that every client connection (bootstrap and produce)
+/// passes the proxy. Data in SQLite when this tansu has the `libsql` feature (it then survives
+/// a kill -9), in memory otherwise. Killed and its directory removed on drop.
+pub struct Tansu {
+    port: u16,
+    proxy: Arc<FaultProxy>,
+    dir: tempfile::TempDir,
+    durable: bool,
+    child: tokio::sync::Mutex<Option<Child>>,
+    harness: ProbeHarness<TopicProbe>,
+}
+
+fn tansu_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin")))
+        .map(|d| d.join("tansu"))
+        .find(|p| p.is_file())
+}
+
+impl Tansu {
+    /// Starts one; `None` (saying why) when tansu is not installed.
+    pub async fn start() -> Option<Self> {
+        let Some(bin) = tansu_binary() else {
+            println!("tansu is not installed: no Kafka broker of the test's own");
+            return None;
+        };
+        let placeholder: SocketAddr = "127.0.0.1:1".parse().expect("address");
+        let proxy = Arc::new(FaultProxy::start(placeholder).await);
+        let port = publisher_core::testing::free_port();
+        proxy.set_upstream(SocketAddr::from(([127, 0, 0, 1], port)));
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let sqlite = format!("sqlite://{}/tansu.db", dir.path().display());
+        let advertised = proxy.addr.to_string();
+        let harness = ProbeHarness::new(
+            TopicProbe::new(advertised.clone()).with_unroutable_topics(),
+            {
+                let brokers = advertised.clone();
+                move || std::future::ready(publisher_with(&brokers, Timeouts::default()))
+            },
+        )
+        .with_via(|addr, timeouts| std::future::ready(publisher_with(&addr.to_string(), timeouts)));
+        let mut tansu = Self {
+            port,
+            proxy,
+            dir,
+            durable: true,
+            child: tokio::sync::Mutex::new(None),
+            harness,
+        };
+        let child = match tansu.spawn(&bin, &sqlite).await {
+            Some(c) => c,
+            None => {
+                tansu.durable = false;
+                tansu.spawn(&bin, "memory://tansu/").await?
+            }
+        };
+        *tansu.child.get_mut() = Some(child);
+        Some(tansu)
+    }
+
+    fn engine(&self) -> String {
+        if self.durable {
+            format!("sqlite://{}/tansu.db", self.dir.path().display())
+        } else {
+            "memory://tansu/".to_owned()
+        }
+    }
+
+    /// Starts the process and waits until it answers Kafka requests through the proxy;
+    /// `None` when it exits first (a storage engine this tansu was built without).
+    async fn spawn(&self, bin: &PathBuf, engine: &str) -> Option<Child> {
+        let mut child = Command::new(bin)
+            .arg("broker")
+            .args(["--listener-url", &format!("tcp://127.0.0.1:{}", self.port)])
+            .args([
+                "--advertised-listener-url",
+                &format!("tcp://{}", self.proxy.addr),
+            ])
+            .args(["--storage-engine", engine])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return None;
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return Some(child);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tansu did not start within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.get_mut().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[publisher_core::async_trait]
+impl OwnBroker for Tansu {
+    fn harness(&self) -> &dyn Harness {
+        &self.harness
+    }
+
+    async fn restart(&self, down: Duration) {
+        let mut child = self.child.lock().await;
+        if let Some(mut c) = child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        tokio::time::sleep(down).await;
+        let bin = tansu_binary().expect("tansu");
+        *child = Some(
+            self.spawn(&bin, &self.engine())
+                .await
+                .expect("tansu restarts"),
+        );
+    }
+
+    fn durable(&self) -> bool {
+        self.durable
+    }
+
+    fn proxy(&self) -> Option<Arc<FaultProxy>> {
+        Some(self.proxy.clone())
+    }
 }
