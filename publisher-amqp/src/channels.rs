@@ -2,6 +2,7 @@
 //! confirm-mode channels opened on it, each with its confirm tracker.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
@@ -24,6 +25,9 @@ pub(crate) enum Link {
         name: String,
         connect_timeout: Duration,
         current: Mutex<Option<Arc<Connection>>>,
+        /// Set by [`Link::close`]: no connection is opened after it (a health check racing
+        /// the close would otherwise leave one open until the publisher is dropped).
+        closed: AtomicBool,
     },
     /// The caller's: used as is, never closed or replaced by us.
     Lent(Arc<Connection>),
@@ -45,6 +49,7 @@ impl Link {
             name,
             connect_timeout,
             current: Mutex::new(None),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -68,8 +73,12 @@ impl Link {
                 name,
                 connect_timeout,
                 current,
+                closed,
             } => {
                 let mut current = current.lock().await;
+                if closed.load(Ordering::Acquire) {
+                    return Err(Error::closed(BACKEND));
+                }
                 if let Some(c) = current.as_ref()
                     && c.status().connected()
                 {
@@ -96,19 +105,25 @@ impl Link {
 
     /// Closes our connection (never a lent one). Closing an already closed connection is fine.
     pub(crate) async fn close(&self, limit: Duration) {
-        if let Link::Owned { current, .. } = self
-            && let Some(conn) = current.lock().await.take()
-            && conn.status().connected()
-        {
-            match tokio::time::timeout(limit, conn.close(200, "publisher closed".into())).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(backend = BACKEND, error = %e, "closing the AMQP connection")
-                }
-                Err(_) => {
-                    tracing::warn!(backend = BACKEND, "closing the AMQP connection timed out")
-                }
+        let Link::Owned {
+            current, closed, ..
+        } = self
+        else {
+            return;
+        };
+        closed.store(true, Ordering::Release);
+        let Some(conn) = current.lock().await.take() else {
+            return;
+        };
+        if !conn.status().connected() {
+            return;
+        }
+        match tokio::time::timeout(limit, conn.close(200, "publisher closed".into())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(backend = BACKEND, error = %e, "closing the AMQP connection")
             }
+            Err(_) => tracing::warn!(backend = BACKEND, "closing the AMQP connection timed out"),
         }
     }
 }

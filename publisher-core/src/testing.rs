@@ -792,8 +792,6 @@ async fn conclude(
     verdict.assert_holds();
 }
 
-/// A [`FaultProxy`] before the broker and a publisher through it with the given publish and
-/// close timeouts; `None` (saying so) when the harness has no connection to proxy.
 /// A publisher whose connections pass a [`FaultProxy`], and the harness that reads what it
 /// published (the suite's own, or that of a broker of the scenario's own).
 struct Proxied<'h> {
@@ -810,6 +808,9 @@ impl Proxied<'_> {
     }
 }
 
+/// A [`FaultProxy`] before the broker (the harness's [`Harness::broker_addr`], or the proxy of
+/// a broker of its own that advertises it) and a publisher through it with the given publish
+/// and close timeouts; `None` (saying so) when the harness has no connection to proxy.
 async fn through_proxy<'h>(
     h: &'h dyn Harness,
     scenario: &str,

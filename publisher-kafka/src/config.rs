@@ -269,10 +269,11 @@ impl KafkaConfig {
             ..Default::default()
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
+            // Not echoed: a mistyped `sasl.password:secret` would show the secret.
             let (k, v) = pair.split_once('=').ok_or_else(|| {
                 bad(
                     "url",
-                    format!("query parameter `{}` has no value", decode(pair)),
+                    "a query parameter has no `=`: expected name=value pairs joined by `&`",
                 )
             })?;
             let (k, v) = (decode(k), decode(v));

@@ -208,9 +208,12 @@ impl Inner {
             },
         };
         let mut slot = self.producer.lock().unwrap_or_else(|p| p.into_inner());
-        let current = slot.as_ref()?;
+        let Some(current) = slot.as_ref() else {
+            // Taken by close: nothing to replace, but the record's outcome is still unknown.
+            return Some(broken);
+        };
         if current.client().native_ptr() != failed.client().native_ptr() {
-            // Already replaced by another failed publish (or taken by close).
+            // Already replaced by another failed publish.
             return Some(broken);
         }
         tracing::error!(backend = BACKEND, error = %broken, "Kafka producer unusable: replacing it");
@@ -249,14 +252,14 @@ impl Inner {
             .min(self.config.timeouts.publish / 2)
     }
 
-    /// Enqueues one record, waiting (bounded by `deadline`) while the local queue is full.
+    /// Enqueues one (validated) record, waiting (bounded by `deadline`) while the local queue
+    /// is full.
     async fn enqueue(
         &self,
         producer: &FutureProducer,
         event: &Event,
         deadline: Instant,
     ) -> Result<DeliveryFuture> {
-        validate(event, self.max())?;
         let mut record = record(event);
         loop {
             match producer.send_result(record) {
@@ -339,15 +342,29 @@ impl Backend for Inner {
         let producer = self.producer()?;
         let deadline = Instant::now() + self.config.timeouts.publish;
         let mut pending = Vec::with_capacity(events.len());
+        // Each distinct topic looked up once, all at the same time: one slow topic does not
+        // hold the others' events back.
+        let valid: Vec<Result<()>> = events.iter().map(|e| validate(e, self.max())).collect();
+        let mut topics: Vec<&str> = events
+            .iter()
+            .zip(&valid)
+            .filter(|(_, v)| v.is_ok())
+            .map(|(e, _)| e.topic())
+            .collect();
+        topics.sort_unstable();
+        topics.dedup();
+        let looked_up = futures::future::join_all(
+            topics
+                .iter()
+                .map(|t| self.topics.check(&producer, t, self.topic_wait())),
+        )
+        .await;
+        let topic_ok: std::collections::HashMap<&str, Result<()>> =
+            topics.into_iter().zip(looked_up).collect();
         for (i, event) in events.iter().enumerate() {
-            let checked = match validate(event, self.max()) {
-                Ok(()) => {
-                    self.topics
-                        .check(&producer, event.topic(), self.topic_wait())
-                        .await
-                }
-                Err(e) => Err(e),
-            };
+            let checked = valid[i]
+                .clone()
+                .and_then(|()| topic_ok.get(event.topic()).cloned().unwrap_or(Ok(())));
             if let Err(e) = checked {
                 results.set(i, Err(e));
                 continue;

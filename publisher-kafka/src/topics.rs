@@ -32,8 +32,15 @@ struct Topic {
     /// The broker reported the topic with its partitions.
     known: AtomicBool,
     /// One metadata request at a time per topic; the others wait for its answer. Holds the
-    /// last refusal and when it came.
-    checking: tokio::sync::Mutex<Option<(Instant, Code)>>,
+    /// last answer that was not "exists", and when it came.
+    checking: tokio::sync::Mutex<Option<(Instant, Failed)>>,
+}
+
+/// A lookup that failed the publish.
+#[derive(Clone)]
+enum Failed {
+    Refused(Code),
+    Unreachable(String),
 }
 
 /// The topics the broker confirmed exist.
@@ -82,33 +89,38 @@ impl KnownTopics {
                 topics.entry(topic.to_owned()).or_default().clone()
             }
         };
-        let mut refusal = entry.checking.lock().await;
+        let queued = Instant::now();
+        let mut last = entry.checking.lock().await;
         if entry.known.load(Ordering::Acquire) {
             return Ok(());
         }
-        if let Some((at, code)) = *refusal
-            && at.elapsed() < MISSING_FOR
-        {
-            return Err(refused(topic, code));
+        // A refusal is reused for a second; "unreachable" only by those who waited for the
+        // lookup that found it (so N waiters never take N lookups in turn).
+        match &*last {
+            Some((at, Failed::Refused(code))) if at.elapsed() < MISSING_FOR => {
+                return Err(refused(topic, *code));
+            }
+            Some((at, Failed::Unreachable(why))) if *at >= queued => {
+                return Err(unreachable(topic, wait, why));
+            }
+            _ => {}
         }
         match ask(producer, topic, wait).await {
             Answer::Exists => {
                 entry.known.store(true, Ordering::Release);
-                *refusal = None;
+                *last = None;
                 Ok(())
             }
             Answer::Unsure => Ok(()),
             Answer::Refused(code) => {
-                *refusal = Some((Instant::now(), code));
+                *last = Some((Instant::now(), Failed::Refused(code)));
                 Err(refused(topic, code))
             }
-            Answer::Unreachable(why) => Err(Error::new(
-                ErrorKind::Connect,
-                BACKEND,
-                format!(
-                    "could not look up topic `{topic}` within {wait:?} ({why}); nothing was sent"
-                ),
-            )),
+            Answer::Unreachable(why) => {
+                let e = unreachable(topic, wait, &why);
+                *last = Some((Instant::now(), Failed::Unreachable(why)));
+                Err(e)
+            }
         }
     }
 }
@@ -122,6 +134,14 @@ impl KnownTopics {
             .find(|(_, t)| t.known.load(Ordering::Acquire))
             .map(|(name, _)| name.clone())
     }
+}
+
+fn unreachable(topic: &str, wait: Duration, why: &str) -> Error {
+    Error::new(
+        ErrorKind::Connect,
+        BACKEND,
+        format!("could not look up topic `{topic}` within {wait:?} ({why}); nothing was sent"),
+    )
 }
 
 fn refused(topic: &str, code: Code) -> Error {

@@ -69,7 +69,7 @@ async fn close_and_drop_leave_no_librdkafka_thread_behind() {
     drop(p);
     let blocked = started.elapsed();
     assert!(
-        blocked < Duration::from_millis(10),
+        blocked < Duration::from_millis(20),
         "dropping the publisher blocked the async worker for {blocked:?}"
     );
     back_to(baseline, "after drop without close").await;

@@ -63,7 +63,8 @@ pub struct RedisConfig {
     /// acknowledge the write, bounded by `wait_timeout`. A publish that fewer replicas
     /// acknowledge in time fails with `OutcomeUnknown` (retryable: the primary holds the entry,
     /// it may or may not survive a failover). While a connection waits, the publishes pipelined
-    /// behind it on that connection wait too. Default: 0 (off: Ok means the entry is in the
+    /// behind it on that connection wait too (with replicas missing, each `WAIT` takes the whole
+    /// `wait_timeout`, one after another per connection). Default: 0 (off: Ok means the entry is in the
     /// primary's memory, not on any replica and not on disk).
     pub wait_replicas: u32,
     /// How long `WAIT` waits for `wait_replicas`. Must stay at least 1 s below
@@ -278,7 +279,7 @@ impl RedisConfig {
             }
             // WAIT's timeout is whole milliseconds, and 0 would wait forever.
             if self.wait_timeout < Duration::from_millis(1)
-                || self.wait_timeout + Duration::from_secs(1) > self.timeouts.publish
+                || self.wait_timeout.saturating_add(Duration::from_secs(1)) > self.timeouts.publish
             {
                 return Err(bad(
                     "wait_timeout",

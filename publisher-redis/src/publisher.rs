@@ -292,9 +292,9 @@ impl Inner {
             }
             _ => conn.touch(),
         }
-        let mut replies = replies.map_err(from_command)?.into_iter();
-        let added = replies.next().unwrap_or_else(|| Err(short_pipeline()));
-        let waited = replies.next().unwrap_or_else(|| Err(short_pipeline()));
+        let replies = replies.map_err(from_command)?;
+        let [added, waited] =
+            <[_; 2]>::try_from(replies).map_err(|r| short_pipeline(r.len(), 2))?;
         let position = self.position(event, added)?;
         self.replicated(waited)?;
         Ok(position)
@@ -373,11 +373,12 @@ impl Inner {
     }
 }
 
-fn short_pipeline() -> redis::RedisError {
-    redis::RedisError::from((
-        redis::ErrorKind::Client,
-        "pipeline returned fewer replies than commands",
-    ))
+/// A pipeline answered with `got` replies to `sent` commands: which command ran is unknown.
+fn short_pipeline(got: usize, sent: usize) -> Error {
+    Error::outcome_unknown(
+        BACKEND,
+        format!("Redis answered {got} replies to {sent} pipelined commands"),
+    )
 }
 
 /// Whether the connection must be replaced: it failed, or it leads to a server that no longer
@@ -451,15 +452,23 @@ impl Backend for Inner {
             _ => conn.touch(),
         }
         let mut replies = replies.map_err(from_command)?;
-        let replicated = if waiting {
-            let reply = replies.pop().unwrap_or_else(|| Err(short_pipeline()));
-            self.replicated(reply)
-        } else {
-            Ok(())
+        let expected = sent.len() + usize::from(waiting);
+        if replies.len() != expected {
+            let e = short_pipeline(replies.len(), expected);
+            for i in sent {
+                results.set(i, Err(e.clone()));
+            }
+            return Ok(());
+        }
+        let replicated = match replies.pop() {
+            Some(reply) if waiting => self.replicated(reply),
+            Some(reply) => {
+                replies.push(reply);
+                Ok(())
+            }
+            None => Ok(()),
         };
-        let mut replies = replies.into_iter();
-        for i in sent {
-            let reply = replies.next().unwrap_or_else(|| Err(short_pipeline()));
+        for (i, reply) in sent.into_iter().zip(replies) {
             let outcome = self.position(&events[i], reply);
             results.set(i, outcome.and_then(|p| replicated.clone().map(|()| p)));
         }

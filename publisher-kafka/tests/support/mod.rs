@@ -110,7 +110,8 @@ impl Tansu {
         let port = publisher_core::testing::free_port();
         proxy.set_upstream(SocketAddr::from(([127, 0, 0, 1], port)));
         let dir = tempfile::tempdir().expect("temporary directory");
-        let sqlite = format!("sqlite://{}/tansu.db", dir.path().display());
+        // tansu reads the path of a sqlite:// URL relative to its working directory.
+        let sqlite = "sqlite://tansu.db".to_owned();
         let advertised = proxy.addr.to_string();
         let harness = ProbeHarness::new(
             TopicProbe::new(advertised.clone()).with_unroutable_topics(),
@@ -131,6 +132,12 @@ impl Tansu {
         let child = match tansu.spawn(&bin, &sqlite).await {
             Some(c) => c,
             None => {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "tansu cannot keep its data in SQLite under CI=true: install it with \
+                     `cargo install tansu --locked --features dynostore,libsql`"
+                );
+                println!("tansu has no SQLite storage here: its own broker keeps data in memory");
                 tansu.durable = false;
                 tansu.spawn(&bin, "memory://tansu/").await?
             }
@@ -141,16 +148,17 @@ impl Tansu {
 
     fn engine(&self) -> String {
         if self.durable {
-            format!("sqlite://{}/tansu.db", self.dir.path().display())
+            "sqlite://tansu.db".to_owned()
         } else {
             "memory://tansu/".to_owned()
         }
     }
 
-    /// Starts the process and waits until it answers Kafka requests through the proxy;
-    /// `None` when it exits first (a storage engine this tansu was built without).
+    /// Starts the process and waits until its port answers; `None` when it exits first (a
+    /// storage engine this tansu was built without, or a port taken meanwhile). Killed if
+    /// this panics.
     async fn spawn(&self, bin: &PathBuf, engine: &str) -> Option<Child> {
-        let mut child = Command::new(bin)
+        let child = Command::new(bin)
             .arg("broker")
             .args(["--listener-url", &format!("tcp://127.0.0.1:{}", self.port)])
             .args([
@@ -158,26 +166,50 @@ impl Tansu {
                 &format!("tcp://{}", self.proxy.addr),
             ])
             .args(["--storage-engine", engine])
+            .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start tansu");
+        let mut guard = KillOnDrop(Some(child));
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(Some(_)) = child.try_wait() {
+            if guard.exited() {
                 return None;
             }
             if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
                 .await
                 .is_ok()
             {
-                return Some(child);
+                // Ours, not another process that took the port: still running a moment later.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return if guard.exited() { None } else { guard.0.take() };
             }
             assert!(
                 std::time::Instant::now() < deadline,
                 "tansu did not start within 20 s"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A child process killed when this is dropped (a panicking test included).
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    fn exited(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }
