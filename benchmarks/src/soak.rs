@@ -286,6 +286,13 @@ impl Soak {
         self.events(events, 256).await?;
         self.cycles(cycles).await?;
         let end = self.settled(warm, settle).await;
+        // A console write cancelled half-way leaves half a line: the console publisher then
+        // refuses every later write by design, so the phase means nothing there.
+        let dropped = if self.target.backend == Backend::Console {
+            0
+        } else {
+            dropped
+        };
         let (dropped_cancelled, dropped_warm_rss_kib, dropped_end_rss_kib) = if dropped > 0 {
             self.dropped(dropped).await?
         } else {
