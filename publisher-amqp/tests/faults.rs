@@ -31,6 +31,9 @@ async fn publisher_via(proxy: &FaultProxy, publish: Duration) -> AmqpPublisher {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_connection_fails_typed_then_recovers_and_keeps_every_confirmed_message() {
+    if support::missing() {
+        return;
+    }
     let proxy = FaultProxy::start(amqp_addr()).await;
     let client = Client::connect().await;
     let queue = unique_name("publisher-test.cut");
@@ -103,6 +106,9 @@ async fn cut_connection_fails_typed_then_recovers_and_keeps_every_confirmed_mess
 
 #[tokio::test]
 async fn stalled_connection_gives_timeout_within_the_bound() {
+    if support::missing() {
+        return;
+    }
     let proxy = FaultProxy::start(amqp_addr()).await;
     let client = Client::connect().await;
     let queue = unique_name("publisher-test.stall");
@@ -138,6 +144,9 @@ async fn stalled_connection_gives_timeout_within_the_bound() {
 
 #[tokio::test]
 async fn in_flight_confirm_on_a_dead_connection_fails_fast() {
+    if support::missing() {
+        return;
+    }
     let proxy = FaultProxy::start(amqp_addr()).await;
     let client = Client::connect().await;
     let queue = unique_name("publisher-test.dead");
@@ -174,6 +183,9 @@ async fn in_flight_confirm_on_a_dead_connection_fails_fast() {
 
 #[tokio::test]
 async fn refused_connection_while_down_is_typed_and_health_is_unhealthy() {
+    if support::missing() {
+        return;
+    }
     let proxy = FaultProxy::start(amqp_addr()).await;
     let publisher = publisher_via(&proxy, Duration::from_secs(1)).await;
     assert!(publisher.health().await.is_healthy());
@@ -203,6 +215,9 @@ async fn refused_connection_while_down_is_typed_and_health_is_unhealthy() {
 /// itself: health reconnects, it does not just read the state of a dead connection.
 #[tokio::test]
 async fn idle_publisher_reports_healthy_again_once_the_broker_is_back() {
+    if support::missing() {
+        return;
+    }
     let proxy = FaultProxy::start(amqp_addr()).await;
     let publisher = publisher_via(&proxy, Duration::from_secs(1)).await;
     assert!(publisher.health().await.is_healthy());
@@ -233,6 +248,9 @@ async fn idle_publisher_reports_healthy_again_once_the_broker_is_back() {
 /// within its bound; once the alarm clears, publishing resumes and no refused event shows up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_alarm_refuses_publishes_fast_and_every_wait_stays_bounded() {
+    if support::missing() {
+        return;
+    }
     let Some(node) = RabbitNode::start().await else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),

@@ -155,6 +155,37 @@ pub trait Harness: Send + Sync {
     async fn own_broker(&self) -> Option<Box<dyn OwnBroker>> {
         None
     }
+
+    /// A broker of the test's own for the connection fault scenarios when the harness has no
+    /// [`Harness::broker_addr`] (one whose [`OwnBroker::proxy`] its clients go through); it
+    /// need not keep data across restarts. Default: [`Harness::own_broker`].
+    async fn proxied_broker(&self) -> Option<Box<dyn OwnBroker>> {
+        self.own_broker().await
+    }
+}
+
+/// What a [`conformance_tests!`](crate::conformance_tests) harness function returns: a
+/// harness, or `None` when its broker is missing (each test then returns, after
+/// [`skip`] said why once).
+pub trait MaybeHarness {
+    /// The harness.
+    type Harness: Harness;
+    /// The harness, if there is one.
+    fn into_harness(self) -> Option<Self::Harness>;
+}
+
+impl<H: Harness> MaybeHarness for H {
+    type Harness = H;
+    fn into_harness(self) -> Option<H> {
+        Some(self)
+    }
+}
+
+impl<H: Harness> MaybeHarness for Option<H> {
+    type Harness = H;
+    fn into_harness(self) -> Option<H> {
+        self
+    }
 }
 
 /// A broker a test started for itself, with a harness that publishes to and reads from it.
@@ -239,6 +270,7 @@ pub struct ProbeHarness<P> {
     factory: PublisherFactory,
     via: Option<ViaFactory>,
     own: Option<OwnBrokerFactory>,
+    proxied: Option<OwnBrokerFactory>,
 }
 
 impl<P> std::fmt::Debug for ProbeHarness<P> {
@@ -260,6 +292,7 @@ impl<P: Probe> ProbeHarness<P> {
             factory: Box::new(move || open().boxed()),
             via: None,
             own: None,
+            proxied: None,
         }
     }
 
@@ -282,6 +315,18 @@ impl<P: Probe> ProbeHarness<P> {
     {
         use futures::FutureExt;
         self.own = Some(Box::new(move || start().boxed()));
+        self
+    }
+
+    /// Starts brokers of the test's own for the connection fault scenarios (see
+    /// [`Harness::proxied_broker`]).
+    pub fn with_proxied_broker<F, Fut>(mut self, start: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Option<Box<dyn OwnBroker>>> + Send + 'static,
+    {
+        use futures::FutureExt;
+        self.proxied = Some(Box::new(move || start().boxed()));
         self
     }
 
@@ -334,6 +379,12 @@ impl<P: Probe> Harness for ProbeHarness<P> {
             None => None,
         }
     }
+    async fn proxied_broker(&self) -> Option<Box<dyn OwnBroker>> {
+        match &self.proxied {
+            Some(start) => start().await,
+            None => self.own_broker().await,
+        }
+    }
 }
 
 /// The socket address a broker URL names (`redis://h:6379`, `amqp://u:p@h/%2f`), with
@@ -364,6 +415,78 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("bind a local port")
         .port()
+}
+
+/// Whether this run is CI (`CI=true` or `CI=1`): there a broker a test needs must be there.
+pub fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether something accepts TCP connections at every `host:port` of `address` (a URL such as
+/// `redis://user:pass@host:6379/0`, or Kafka's `host:port[,host:port…]`), each within `wait`.
+pub fn answers(address: &str, wait: Duration) -> bool {
+    use std::net::ToSocketAddrs;
+    let rest = address.split_once("://").map_or(address, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let hosts = rest.split(['/', '?']).next().unwrap_or(rest);
+    hosts.split(',').filter(|h| !h.is_empty()).all(|h| {
+        h.to_socket_addrs().is_ok_and(|mut addrs| {
+            addrs.any(|a| std::net::TcpStream::connect_timeout(&a, wait).is_ok())
+        })
+    })
+}
+
+/// Where a test's broker is, by one rule for every backend: the environment variable `var`
+/// when set (it must answer: a panic naming it within seconds otherwise, never minutes of
+/// timeouts), else `default` when it answers, else `None` (the caller then uses an embedded
+/// broker, or skips).
+///
+/// # Panics
+/// When `var` is set and nothing answers at its address.
+pub fn configured_or_local(backend: &str, var: &str, default: &str) -> Option<String> {
+    if let Ok(address) = std::env::var(var) {
+        assert!(
+            answers(&address, Duration::from_secs(3)),
+            "no {backend} broker at {} ({var}): start one there or unset the variable",
+            redact_address(&address)
+        );
+        return Some(address);
+    }
+    answers(default, Duration::from_millis(500)).then(|| default.to_owned())
+}
+
+fn redact_address(address: &str) -> String {
+    match (address.split_once("://"), address.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
+        _ => address.to_owned(),
+    }
+}
+
+/// Says once per process, on the terminal even while the test harness captures output, that
+/// `backend`'s tests are skipped and why; under CI, where a skipped backend would let CI pass
+/// without it, panics instead.
+///
+/// # Panics
+/// Under CI.
+pub fn skip(backend: &str, var: &str, why: &str) {
+    let line = format!("{backend} tests skipped: {why} (set {var} to run them)");
+    assert!(
+        !is_ci(),
+        "{line}; under CI=true a skipped backend is a failure"
+    );
+    notice(&line);
+}
+
+/// Writes `line` once per process to the terminal's stderr, not through `eprintln!`, which the
+/// test harness captures (and hides) for passing tests.
+pub fn notice(line: &str) {
+    use std::io::Write;
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+    if !said.iter().any(|l| l == line) {
+        let _ = writeln!(std::io::stderr(), "{line}");
+        said.push(line.to_owned());
+    }
 }
 
 /// A topic name unique to this process and call: `{prefix}.{uuid}` (valid for every backend).
@@ -835,7 +958,7 @@ async fn through_proxy<'h>(
             suite: h,
         });
     }
-    let own: Option<Arc<dyn OwnBroker>> = h.own_broker().await.map(Arc::from);
+    let own: Option<Arc<dyn OwnBroker>> = h.proxied_broker().await.map(Arc::from);
     let Some((own, proxy)) = own.and_then(|o| o.proxy().map(|p| (o, p))) else {
         not_carried(h, scenario, "no connection a proxy can stand in");
         return None;
@@ -1230,7 +1353,9 @@ macro_rules! conformance_tests {
                     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                     #[ignore = $why]
                     async fn $ignored() {
-                        let harness = $make().await;
+                        let Some(harness) = $crate::testing::MaybeHarness::into_harness($make().await) else {
+                            return;
+                        };
                         $crate::testing::$ignored(&harness).await;
                     }
                 };
@@ -1238,7 +1363,9 @@ macro_rules! conformance_tests {
             ($d scenario:ident) => {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $d scenario() {
-                    let harness = $make().await;
+                    let Some(harness) = $crate::testing::MaybeHarness::into_harness($make().await) else {
+                        return;
+                    };
                     $crate::testing::$d scenario(&harness).await;
                 }
             };

@@ -157,8 +157,8 @@ fn delivery_error(e: Error) -> Error {
 
 impl Inner {
     /// The delivery report's outcome. A failure may mean the producer itself is broken for
-    /// good: a fatal librdkafka error, or an idempotent producer the broker fences or whose
-    /// sequence it lost (after records timed out, librdkafka must bump its epoch; a broker that
+    /// good: a fatal librdkafka error, an idempotent producer the broker fences or whose
+    /// sequence it lost, or an unknown broker error (after records timed out, librdkafka must bump its epoch; a broker that
     /// refuses the bump fences every later record). The producer is then replaced, and the
     /// record's outcome is unknown.
     fn delivered(
@@ -203,7 +203,11 @@ impl Inner {
                 | RDKafkaErrorCode::InvalidProducerEpoch
                 | RDKafkaErrorCode::OutOfOrderSequenceNumber
                 | RDKafkaErrorCode::UnknownProducerId
-                | RDKafkaErrorCode::InvalidProducerIdMapping) => format!("{c:?}"),
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+                // A broker's unexpected error (tansu answers this way, forever, to an
+                // idempotent producer whose epoch librdkafka bumped after timeouts): whether the
+                // record was written is unknown, and a fresh producer is the way out.
+                | RDKafkaErrorCode::Unknown) => format!("{c:?}"),
                 _ => return None,
             },
         };

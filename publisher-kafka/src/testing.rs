@@ -1,6 +1,7 @@
 //! Read-back probe for the conformance suite (feature `testing`): topics created with the admin
 //! API before publishing, read from the beginning of every partition with an rdkafka consumer.
 
+use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use publisher_core::testing::{BadEvent, Intent, Probe, Received, unique_name};
@@ -34,12 +35,124 @@ fn consumer(brokers: &str) -> Result<BaseConsumer> {
         .map_err(|e| probe_error(format!("consumer: {e}")))
 }
 
+/// librdkafka's in-process mock cluster (a real implementation of the Kafka protocol), started
+/// once per process on first use and kept until the process exits: the tests' Kafka where no
+/// broker answers. It lives on a thread of its own, which also creates topics for
+/// [`create_topic`] (the mock has no admin API).
+#[derive(Debug)]
+pub struct EmbeddedKafka {
+    bootstrap: String,
+    requests: Mutex<mpsc::Sender<TopicRequest>>,
+}
+
+type TopicRequest = (String, i32, mpsc::Sender<std::result::Result<(), String>>);
+
+static EMBEDDED: OnceLock<EmbeddedKafka> = OnceLock::new();
+
+impl EmbeddedKafka {
+    /// The process's mock cluster (three brokers), started on first call.
+    ///
+    /// # Panics
+    /// When librdkafka cannot start it.
+    pub fn get() -> &'static EmbeddedKafka {
+        EMBEDDED.get_or_init(|| {
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let (requests, incoming) = mpsc::channel::<TopicRequest>();
+            std::thread::Builder::new()
+                .name("kafka-mock-cluster".into())
+                .spawn(move || {
+                    let cluster = rdkafka::mocking::MockCluster::new(3)
+                        .expect("librdkafka's mock cluster starts");
+                    let _ = ready_tx.send(cluster.bootstrap_servers());
+                    // Serves topic creation until the process exits (the senders live in a
+                    // static), keeping the cluster alive.
+                    for (topic, partitions, reply) in incoming {
+                        let r = cluster
+                            .create_topic(&topic, partitions, 1)
+                            .map_err(|e| e.to_string());
+                        let _ = reply.send(r);
+                    }
+                })
+                .expect("a thread for the mock cluster");
+            EmbeddedKafka {
+                bootstrap: ready_rx.recv().expect("the mock cluster's address"),
+                requests: Mutex::new(requests),
+            }
+        })
+    }
+
+    /// Its bootstrap servers.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    fn create(&self, topic: &str, partitions: i32) -> Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((topic.to_owned(), partitions, tx))
+            .map_err(|_| probe_error("the mock cluster's thread is gone"))?;
+        rx.recv()
+            .map_err(|_| probe_error("the mock cluster's thread is gone"))?
+            .map_err(|e| probe_error(format!("creating topic {topic} on the mock cluster: {e}")))
+    }
+
+    /// Whether `brokers` is this process's mock cluster.
+    pub fn is(brokers: &str) -> bool {
+        EMBEDDED.get().is_some_and(|m| m.bootstrap == brokers)
+    }
+}
+
+/// The variable that points the tests at a Kafka broker.
+pub const BROKERS_VAR: &str = "PUBLISHER_TEST_KAFKA_BROKERS";
+
+/// The tests' Kafka: [`BROKERS_VAR`] (it must answer: a panic naming it within seconds
+/// otherwise), else `127.0.0.1:9092` when it answers, else, outside CI, the process's
+/// [`EmbeddedKafka`] (said once on the terminal), so that the Kafka suites run everywhere.
+///
+/// # Panics
+/// Under CI with no broker, and when the variable points at nothing.
+pub fn test_brokers() -> String {
+    static FOUND: OnceLock<String> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            if let Some(b) =
+                publisher_core::testing::configured_or_local("Kafka", BROKERS_VAR, "127.0.0.1:9092")
+            {
+                return b;
+            }
+            assert!(
+                !publisher_core::testing::is_ci(),
+                "no Kafka broker at 127.0.0.1:9092 and {BROKERS_VAR} is not set: under CI=true \
+                 the tests need a real broker"
+            );
+            let embedded = EmbeddedKafka::get();
+            publisher_core::testing::notice(&format!(
+                "Kafka tests run on librdkafka's in-process mock cluster ({}): no broker at \
+                 127.0.0.1:9092 (set {BROKERS_VAR} to use one)",
+                embedded.bootstrap()
+            ));
+            embedded.bootstrap().to_owned()
+        })
+        .clone()
+}
+
 /// Creates `topic` with `partitions` partitions (replication 1) and waits until its metadata
 /// shows them.
 ///
 /// # Errors
 /// When the broker refuses or the topic does not appear within 15 s.
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
+    if EmbeddedKafka::is(brokers) {
+        EmbeddedKafka::get().create(topic, partitions)?;
+    } else {
+        create_with_admin(brokers, topic, partitions).await?;
+    }
+    wait_for_partitions(brokers, topic, partitions).await
+}
+
+async fn create_with_admin(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let results = admin(brokers)?
         .create_topics(
@@ -51,6 +164,10 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result
     for r in results {
         r.map_err(|(name, code)| probe_error(format!("creating topic {name}: {code:?}")))?;
     }
+    Ok(())
+}
+
+async fn wait_for_partitions(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
         let c = consumer(&brokers)?;
@@ -75,6 +192,11 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result
 
 /// Deletes `topic` (ignoring errors).
 pub async fn delete_topic(brokers: &str, topic: &str) {
+    // The mock cluster has no admin API (an admin request would wait out its timeout); its
+    // topics end with the process.
+    if EmbeddedKafka::is(brokers) {
+        return;
+    }
     if let Ok(a) = admin(brokers) {
         let _ = a.delete_topics(&[topic], &AdminOptions::new()).await;
     }

@@ -245,10 +245,10 @@ impl Source {
     /// A connection: the shared one while it is fresh, otherwise one from the pool, waiting at
     /// most the pool's wait timeout.
     pub(crate) async fn get(&self, cfg: &PoolConfig) -> Result<Conn> {
-        if let Source::Owned(o) = self {
-            if let Some(c) = o.fresh() {
-                return Ok(Conn::Shared(c));
-            }
+        if let Source::Owned(o) = self
+            && let Some(c) = o.fresh()
+        {
+            return Ok(Conn::Shared(c));
         }
         // The pool's futures are large (they hold connection setup): boxed, so that only this
         // path pays for them and every publish's future stays small.

@@ -34,6 +34,9 @@ fn malformed_urls_wrong_schemes_and_unknown_modes_are_config_errors() {
 
 #[test]
 fn building_outside_a_runtime_never_panics() {
+    if support::missing() {
+        return;
+    }
     // No Tokio runtime on this thread: a health monitor cannot start, and says so.
     let err = RedisPublisher::from_url("redis://127.0.0.1:6379?health_interval=1s").unwrap_err();
     assert_eq!(err.field(), Some("health_interval"), "{err}");
@@ -56,6 +59,9 @@ fn building_outside_a_runtime_never_panics() {
 
 #[tokio::test]
 async fn wrongtype_key_is_rejected_alone_in_a_batch() {
+    if support::missing() {
+        return;
+    }
     let topic = publisher_core::testing::unique_name("publisher-test.wrongtype");
     let good = publisher_core::testing::unique_name("publisher-test.good");
     let mut conn = client_conn(&redis_url()).await;
@@ -94,6 +100,9 @@ async fn wrongtype_key_is_rejected_alone_in_a_batch() {
 
 #[tokio::test]
 async fn oversized_payload_is_refused_locally_naming_the_limit() {
+    if support::missing() {
+        return;
+    }
     let topic = publisher_core::testing::unique_name("publisher-test.oversized");
     let mut cfg = config(&redis_url(), Mode::Stream);
     cfg.max_payload_bytes = 1024;
@@ -118,6 +127,9 @@ async fn oversized_payload_is_refused_locally_naming_the_limit() {
 
 #[tokio::test]
 async fn maxlen_trims_the_stream() {
+    if support::missing() {
+        return;
+    }
     let topic = publisher_core::testing::unique_name("publisher-test.maxlen");
     let mut cfg = config(&redis_url(), Mode::Stream);
     cfg.maxlen = Some(10);
@@ -140,6 +152,9 @@ async fn maxlen_trims_the_stream() {
 
 #[tokio::test]
 async fn pubsub_min_receivers_rejects_unheard_messages() {
+    if support::missing() {
+        return;
+    }
     let mut cfg = config(&redis_url(), Mode::Pubsub);
     cfg.min_receivers = 1;
     let publisher = RedisPublisher::builder().config(cfg).build().unwrap();
@@ -157,6 +172,9 @@ async fn pubsub_min_receivers_rejects_unheard_messages() {
 
 #[tokio::test]
 async fn wrong_password_is_a_connect_error_without_the_password() {
+    if support::missing() {
+        return;
+    }
     let url = redis_url().replace("redis://", "redis://nobody:hunter2@");
     let publisher = RedisPublisher::from_url(&url).unwrap();
     let err = publisher.publish(Event::text("t", "x")).await.unwrap_err();

@@ -24,3 +24,8 @@ pub use publisher_amqp as amqp;
 /// The Kafka backend (feature `kafka`).
 #[cfg(feature = "kafka")]
 pub use publisher_kafka as kafka;
+
+/// The workspace README's example, compiled and run as a doctest.
+#[cfg(all(doctest, feature = "console"))]
+#[doc = include_str!("../../README.md")]
+pub struct WorkspaceReadme;

@@ -1,4 +1,8 @@
-//! Finding a broker for each backend: environment, then testcontainers, then skip.
+//! Finding a broker for each backend, by the rule every test of the workspace follows
+//! (`publisher_core::testing::configured_or_local`): the environment variable (it must
+//! answer), then the local default port, then testcontainers where a Docker engine answers,
+//! then an embedded broker where one exists (Kafka: librdkafka's in-process mock cluster),
+//! else skip with one line (a failure under CI).
 
 use std::fmt;
 
@@ -14,6 +18,15 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Where the broker is when nothing says otherwise.
+    pub fn local_default(self) -> &'static str {
+        match self {
+            Backend::Redis => "redis://127.0.0.1:6379",
+            Backend::Amqp => "amqp://guest:guest@127.0.0.1:5672/%2f",
+            Backend::Kafka => "127.0.0.1:9092",
+        }
+    }
+
     /// The environment variable that points at a running broker.
     pub fn env_var(self) -> &'static str {
         match self {
@@ -66,17 +79,20 @@ impl Endpoint {
     }
 }
 
-/// Whether this run is CI (`CI=true`), where a skipped backend is a failure.
-pub fn is_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
+pub use publisher_core::testing::is_ci;
 
-/// The broker for `backend`, or `None` (after saying why on stderr) when there is none.
+/// The broker for `backend`, or `None` (after saying why, once) when there is none.
 ///
 /// # Panics
-/// Under `CI=true` when there is no broker: CI must never pass without one.
+/// Under `CI=true` when there is no broker (CI must never pass without one), and when the
+/// backend's variable is set but nothing answers there.
 pub async fn endpoint(backend: Backend) -> Option<Endpoint> {
-    if let Ok(address) = std::env::var(backend.env_var()) {
+    let name = backend.to_string();
+    if let Some(address) = publisher_core::testing::configured_or_local(
+        &name,
+        backend.env_var(),
+        backend.local_default(),
+    ) {
         return Some(Endpoint {
             backend,
             address,
@@ -87,14 +103,21 @@ pub async fn endpoint(backend: Backend) -> Option<Endpoint> {
         Ok(endpoint) => return Some(endpoint),
         Err(reason) => reason,
     };
-    let message = format!(
-        "{backend} skipped: {} is not set and {reason}",
-        backend.env_var()
-    );
-    if is_ci() {
-        panic!("{message}; under CI=true a skipped backend is a failure");
+    if backend == Backend::Kafka && !is_ci() {
+        return Some(Endpoint {
+            backend,
+            address: publisher_kafka::testing::test_brokers(),
+            container: None,
+        });
     }
-    eprintln!("{message}");
+    publisher_core::testing::skip(
+        &name,
+        backend.env_var(),
+        &format!(
+            "nothing answers at {} and {reason}",
+            backend.local_default()
+        ),
+    );
     None
 }
 

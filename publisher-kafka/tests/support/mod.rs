@@ -13,9 +13,16 @@ use publisher_core::{Event, Publisher, Timeouts};
 use publisher_kafka::testing::TopicProbe;
 use publisher_kafka::{KafkaConfig, KafkaPublisher};
 
-/// The broker the tests use: `PUBLISHER_TEST_KAFKA_BROKERS` or the local default (tansu in CI).
+/// The broker the tests use (see [`publisher_kafka::testing::test_brokers`]): the variable,
+/// the local default, or librdkafka's in-process mock cluster.
 pub fn brokers() -> String {
-    std::env::var("PUBLISHER_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+    publisher_kafka::testing::test_brokers()
+}
+
+/// Whether the tests run on the embedded mock cluster, which cannot show some of a real
+/// broker's behaviour (it creates any topic asked for, whatever its name).
+pub fn on_mock() -> bool {
+    publisher_kafka::testing::EmbeddedKafka::is(&brokers())
 }
 
 /// The tests' publishers create no topics (tests create theirs), so that an event to a topic
@@ -56,16 +63,24 @@ pub async fn harness() -> ProbeHarness<TopicProbe> {
         )
     })
     .with_own_broker(|| async {
-        let tansu = Tansu::start().await?;
+        let tansu = Tansu::start(true).await?;
+        Some(Box::new(tansu) as Box<dyn OwnBroker>)
+    })
+    // The connection fault scenarios keep nothing across a restart: tansu in memory, which
+    // also recovers from the stall (its SQLite storage answers every record of a producer
+    // whose epoch librdkafka bumped with an unknown error, and times out those of a new one).
+    .with_proxied_broker(|| async {
+        let tansu = Tansu::start(false).await?;
         Some(Box::new(tansu) as Box<dyn OwnBroker>)
     })
 }
 
 /// A publisher to `brokers` with the scenario's `timeouts`. librdkafka must report a record's
 /// failure before the publish timeout (the config refuses a `message_timeout` closer than 1 s
-/// to it), so a publish timeout under 1.5 s is raised to 1.5 s, with `message_timeout` 0.5 s.
+/// to it), and a new idempotent producer's first record takes tansu about 0.6 s, so a publish
+/// timeout under 2 s is raised to 2 s, with `message_timeout` 1 s.
 fn publisher_with(brokers: &str, timeouts: Timeouts) -> publisher_core::Result<Box<dyn Publisher>> {
-    let publish = timeouts.publish.max(Duration::from_millis(1500));
+    let publish = timeouts.publish.max(Duration::from_secs(2));
     let cfg = KafkaConfig {
         message_timeout: (publish - Duration::from_secs(1)).min(Duration::from_secs(30)),
         timeouts: Timeouts {
@@ -99,8 +114,9 @@ fn tansu_binary() -> Option<PathBuf> {
 }
 
 impl Tansu {
-    /// Starts one; `None` (saying why) when tansu is not installed.
-    pub async fn start() -> Option<Self> {
+    /// Starts one, keeping its data in SQLite when `durable` (and this tansu can); `None`
+    /// (saying why) when tansu is not installed.
+    pub async fn start(durable: bool) -> Option<Self> {
         let Some(bin) = tansu_binary() else {
             println!("tansu is not installed: no Kafka broker of the test's own");
             return None;
@@ -129,8 +145,15 @@ impl Tansu {
             child: tokio::sync::Mutex::new(None),
             harness,
         };
-        let child = match tansu.spawn(&bin, &sqlite).await {
+        let started = if durable {
+            tansu.spawn(&bin, &sqlite).await
+        } else {
+            tansu.durable = false;
+            tansu.spawn(&bin, "memory://tansu/").await
+        };
+        let child = match started {
             Some(c) => c,
+            None if !durable => return None,
             None => {
                 assert!(
                     std::env::var("CI").as_deref() != Ok("true"),

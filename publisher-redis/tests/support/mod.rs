@@ -15,9 +15,39 @@ use publisher_redis::{Mode, RedisConfig, RedisPublisher};
 
 pub use publisher_redis::testing::xrange;
 
-/// The shared Redis the tests use: `PUBLISHER_TEST_REDIS_URL` or the local default.
+const REDIS_VAR: &str = "PUBLISHER_TEST_REDIS_URL";
+
+/// The shared Redis the tests use: `PUBLISHER_TEST_REDIS_URL` (it must answer), else the local
+/// default when it answers, else `None` (said once; a failure under CI).
+pub fn redis() -> Option<String> {
+    static FOUND: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let found = publisher_core::testing::configured_or_local(
+                "Redis",
+                REDIS_VAR,
+                "redis://127.0.0.1:6379",
+            );
+            if found.is_none() {
+                publisher_core::testing::skip(
+                    "redis",
+                    REDIS_VAR,
+                    "nothing answers at redis://127.0.0.1:6379",
+                );
+            }
+            found
+        })
+        .clone()
+}
+
+/// Whether the tests have no Redis (they then return at once: see [`redis`]).
+pub fn missing() -> bool {
+    redis().is_none()
+}
+
+/// The shared Redis's URL (tests that call it checked [`missing`] first).
 pub fn redis_url() -> String {
-    std::env::var("PUBLISHER_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    redis().expect("no Redis: the test should have checked support::missing()")
 }
 
 pub async fn client_conn(url: &str) -> redis::aio::MultiplexedConnection {
@@ -155,17 +185,23 @@ fn open_via(
     }
 }
 
-pub async fn stream_harness() -> ProbeHarness<StreamProbe> {
-    ProbeHarness::new(StreamProbe::new(redis_url()), open(Mode::Stream))
-        .with_via(open_via(Mode::Stream))
-        .with_own_broker(|| async { Some(Box::new(OwnRedis::start().await) as Box<dyn OwnBroker>) })
+pub async fn stream_harness() -> Option<ProbeHarness<StreamProbe>> {
+    Some(
+        ProbeHarness::new(StreamProbe::new(redis()?), open(Mode::Stream))
+            .with_via(open_via(Mode::Stream))
+            .with_own_broker(|| async {
+                Some(Box::new(OwnRedis::start().await) as Box<dyn OwnBroker>)
+            }),
+    )
 }
 
 /// Pub/sub has no restart scenario: subscriptions end with the server, and what is published
 /// while nobody listens is gone (at-most-once by design).
-pub async fn pubsub_harness() -> ProbeHarness<PubsubProbe> {
-    ProbeHarness::new(PubsubProbe::new(redis_url()), open(Mode::Pubsub))
-        .with_via(open_via(Mode::Pubsub))
+pub async fn pubsub_harness() -> Option<ProbeHarness<PubsubProbe>> {
+    Some(
+        ProbeHarness::new(PubsubProbe::new(redis()?), open(Mode::Pubsub))
+            .with_via(open_via(Mode::Pubsub)),
+    )
 }
 
 /// A private `redis-server` (append-only file fsynced on every write) for the history suite's
