@@ -36,8 +36,12 @@ pub struct Target {
 }
 
 impl Target {
-    /// The broker for `backend` from the environment (or the local defaults), or `None` when
-    /// nothing answers at that address.
+    /// The broker for `backend` by the tests' rule (`publisher_core::testing::configured_or_local`:
+    /// the variable, which must answer, else the local default), or `None` when nothing
+    /// answers.
+    ///
+    /// # Panics
+    /// When the backend's variable is set and nothing answers there.
     pub fn find(backend: Backend, dir: &std::path::Path) -> Option<Target> {
         let (var, default) = match backend {
             Backend::Console => {
@@ -53,28 +57,13 @@ impl Target {
             ),
             Backend::Kafka => ("PUBLISHER_TEST_KAFKA_BROKERS", "127.0.0.1:9092"),
         };
-        let address = std::env::var(var).unwrap_or_else(|_| default.to_owned());
-        let hostport = match backend {
-            Backend::Kafka => address.split(',').next().unwrap_or_default().to_owned(),
-            _ => {
-                let rest = address
-                    .split_once("://")
-                    .map_or(address.as_str(), |(_, r)| r);
-                let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-                rest.split(['/', '?']).next().unwrap_or_default().to_owned()
+        // The workspace's one rule: the variable (which must answer), else the local default.
+        match publisher_core::testing::configured_or_local(&backend.to_string(), var, default) {
+            Some(address) => Some(Target { backend, address }),
+            None => {
+                eprintln!("{backend}: nothing answers at {default} ({var}); skipped");
+                None
             }
-        };
-        let reachable = std::net::ToSocketAddrs::to_socket_addrs(&hostport)
-            .ok()
-            .and_then(|mut a| a.next())
-            .is_some_and(|a| {
-                std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1)).is_ok()
-            });
-        if reachable {
-            Some(Target { backend, address })
-        } else {
-            eprintln!("{backend}: nothing answers at {hostport} ({var}); skipped");
-            None
         }
     }
 
