@@ -12,11 +12,31 @@ use crate::BACKEND;
 /// 406 precondition failed: the refusal names no message, so every publish pending on the
 /// channel gets this, never `Rejected`). The exception is 404 on our exchange: every message
 /// on the channel went to that missing exchange, so none was routed (`Rejected`).
-pub(crate) fn confirm_lost(e: lapin::Error) -> Error {
-    if let LapinKind::ProtocolError(amqp) = e.kind()
-        && amqp.get_id() == 404
-    {
-        return from_lapin(e);
+pub(crate) fn confirm_lost(e: lapin::Error, routing_key: &str) -> Error {
+    if let LapinKind::ProtocolError(amqp) = e.kind() {
+        if amqp.get_id() == 404 {
+            return from_lapin(e);
+        }
+        // Topic authorization closes the channel naming the routing key it refused
+        // ("ACCESS_REFUSED - write access to topic 'k' in exchange …"): a message under that
+        // key was refused like the one that closed the channel (the first one the broker met
+        // under that key), so it gets that refusal; the others' outcome stays unknown.
+        if amqp.get_id() == 403
+            && amqp
+                .get_message()
+                .as_str()
+                .contains(&format!("access to topic '{routing_key}' "))
+        {
+            return Error::new(
+                ErrorKind::Rejected,
+                BACKEND,
+                format!(
+                    "RabbitMQ refused write access to routing key `{routing_key}` (403): not \
+                     stored"
+                ),
+            )
+            .with_source(from_lapin(e));
+        }
     }
     let cause = from_lapin(e);
     Error::outcome_unknown(

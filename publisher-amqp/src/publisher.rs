@@ -305,7 +305,7 @@ impl Inner {
                     event.topic()
                 ),
             )),
-            Ok(Outcome::Lost(e)) => Err(confirm_lost(e)),
+            Ok(Outcome::Lost(e)) => Err(confirm_lost(e, event.topic())),
             Ok(Outcome::Undecided) => Err(Error::outcome_unknown(
                 BACKEND,
                 "RabbitMQ acked the message, but its channel closed (or the publisher did) \

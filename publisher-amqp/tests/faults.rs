@@ -348,3 +348,108 @@ async fn memory_alarm_refuses_publishes_fast_and_every_wait_stays_bounded() {
     assert!(held.iter().any(|e| e.payload().as_ref() == b"after"));
     publisher.close().await.unwrap();
 }
+
+/// Topic authorization (403 on a routing key) closes the channel: the refused event gets
+/// `Rejected` naming its routing key, every other event in flight succeeds or has an unknown
+/// outcome (never `Rejected`), everything acknowledged is in the queue, and publishing goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_routing_key_fails_alone_and_the_channel_is_replaced() {
+    let Some(node) = RabbitNode::start().await else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "no RabbitMQ node of the test's own under CI=true"
+        );
+        return;
+    };
+    node.ctl(&["add_user", "limited", "limited-pw"]);
+    node.ctl(&["set_permissions", "-p", "/", "limited", ".*", ".*", ".*"]);
+    node.ctl(&[
+        "set_topic_permissions",
+        "-p",
+        "/",
+        "limited",
+        "amq.topic",
+        "^allowed\\.",
+        "^allowed\\.",
+    ]);
+    let queue = unique_name("publisher-test.topic-auth");
+    let client = publisher_amqp::testing::QueueClient::connect(&node.url())
+        .await
+        .unwrap();
+    client
+        .declare_queue(&queue, FieldTable::default())
+        .await
+        .unwrap();
+    client
+        .channel
+        .queue_bind(
+            queue.as_str().into(),
+            "amq.topic".into(),
+            "allowed.#".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let url = node
+        .url()
+        .replace("guest:guest@", "limited:limited-pw@")
+        .replace("/%2f", "/%2f?exchange=amq.topic");
+    let publisher = Arc::new(AmqpPublisher::from_url(&url).await.unwrap());
+
+    let events: Vec<Event> = (0..400)
+        .map(|i| {
+            let key = if i == 200 {
+                "denied.key"
+            } else {
+                "allowed.key"
+            };
+            Event::text(key, format!("{i}"))
+        })
+        .collect();
+    let denied_id = events[200].id();
+    let outcomes = futures::future::join_all(events.iter().cloned().map(|e| {
+        let p = publisher.clone();
+        async move { (e.id(), p.publish(e).await) }
+    }))
+    .await;
+    let mut acknowledged = std::collections::HashSet::new();
+    for (id, r) in &outcomes {
+        match r {
+            Ok(_) => {
+                assert_ne!(*id, denied_id, "the refused event was acknowledged");
+                acknowledged.insert(*id);
+            }
+            Err(e) if *id == denied_id => {
+                assert_eq!(e.kind(), ErrorKind::Rejected, "{e}");
+                assert!(
+                    e.message()
+                        .contains("write access to routing key `denied.key` (403)"),
+                    "{e}"
+                );
+            }
+            Err(e) => assert!(
+                e.is_outcome_unknown() || e.kind() == ErrorKind::Unavailable,
+                "an innocent event got {e}"
+            ),
+        }
+    }
+    // Publishing goes on, on a new channel.
+    publisher
+        .publish(Event::text("allowed.key", "after"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held: std::collections::HashSet<_> = client
+        .drain(&queue)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id())
+        .collect();
+    assert!(!held.contains(&denied_id));
+    for id in &acknowledged {
+        assert!(held.contains(id), "an acknowledged event is missing");
+    }
+    publisher.close().await.unwrap();
+}
