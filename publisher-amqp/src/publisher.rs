@@ -180,6 +180,26 @@ impl AmqpPublisher {
     }
 }
 
+/// `basic_publish` failed: lapin had not written the message when its channel or connection
+/// failed (it resolves a publish once its frames are written), so RabbitMQ does not hold it,
+/// whatever error closed the channel (another message's refusal included): retryable.
+fn not_sent(e: lapin::Error) -> Error {
+    let cause = from_lapin(e);
+    let kind = match cause.kind() {
+        ErrorKind::Connect => ErrorKind::Connect,
+        _ => ErrorKind::Unavailable,
+    };
+    Error::new(
+        kind,
+        BACKEND,
+        format!(
+            "the message was not sent: its channel closed first ({}); retry",
+            cause.message()
+        ),
+    )
+    .with_source(cause)
+}
+
 /// RabbitMQ sent `connection.blocked`.
 fn blocked() -> Error {
     Error::new(
@@ -272,7 +292,7 @@ impl Inner {
                 props,
             ))
             .await;
-        let confirm = confirm.map_err(from_lapin)?;
+        let confirm = confirm.map_err(not_sent)?;
         Ok(channel.confirms.track(ticket, event.id(), confirm))
     }
 
