@@ -181,19 +181,26 @@ async fn in_flight_confirm_on_a_dead_connection_fails_fast() {
     client.delete_queue(&queue).await;
 }
 
-#[tokio::test]
-async fn refused_connection_while_down_is_typed_and_health_is_unhealthy() {
-    if support::missing() {
-        return;
-    }
-    let proxy = FaultProxy::start(amqp_addr()).await;
-    let publisher = publisher_via(&proxy, Duration::from_secs(1)).await;
+/// A publisher through `proxy`, healthy; then the proxy drops its connection and refuses new
+/// ones, and health says so.
+async fn healthy_then_refused(proxy: &FaultProxy) -> AmqpPublisher {
+    let publisher = publisher_via(proxy, Duration::from_secs(1)).await;
     assert!(publisher.health().await.is_healthy());
     proxy.set(Mode::Refuse);
     proxy.cut();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let health = publisher.health().await;
     assert!(!health.is_healthy(), "{health}");
+    publisher
+}
+
+#[tokio::test]
+async fn refused_connection_while_down_is_typed_and_health_is_unhealthy() {
+    if support::missing() {
+        return;
+    }
+    let proxy = FaultProxy::start(amqp_addr()).await;
+    let publisher = healthy_then_refused(&proxy).await;
     let err = publisher
         .publish(Event::text("anything", "x"))
         .await
@@ -219,13 +226,7 @@ async fn idle_publisher_reports_healthy_again_once_the_broker_is_back() {
         return;
     }
     let proxy = FaultProxy::start(amqp_addr()).await;
-    let publisher = publisher_via(&proxy, Duration::from_secs(1)).await;
-    assert!(publisher.health().await.is_healthy());
-    proxy.set(Mode::Refuse);
-    proxy.cut();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let health = publisher.health().await;
-    assert!(!health.is_healthy(), "{health}");
+    let publisher = healthy_then_refused(&proxy).await;
     proxy.set(Mode::Pass);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

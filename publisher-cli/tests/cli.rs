@@ -5,9 +5,14 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 fn evpub(args: &[&str], stdin: &str) -> Output {
+    evpub_with_env(args, stdin, &[])
+}
+
+fn evpub_with_env(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_evpub"))
         .args(args)
         .env_remove("PUBLISHER_URL")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -169,22 +174,11 @@ fn returned_payloads_stay_out_of_the_logs() {
     let topic = format!("evpub-test.nobody.{}", publisher::Uuid::now_v7().simple());
     let secret = format!("s3cret-{}", publisher::Uuid::now_v7().simple());
     let input = format!("{{\"topic\":\"{topic}\",\"payload\":\"{secret}\"}}\n");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_evpub"))
-        .args(["--url", &amqp_url, "send"])
-        .env_remove("PUBLISHER_URL")
-        .env("EVPUB_LOG", "info")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = evpub_with_env(
+        &["--url", &amqp_url, "send"],
+        &input,
+        &[("EVPUB_LOG", "info")],
+    );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_ne!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stderr.contains("returned"), "{stderr}");

@@ -58,9 +58,17 @@ impl Drop for Inner {
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let (Some(producer), Ok(runtime)) = (producer, tokio::runtime::Handle::try_current()) {
-            runtime.spawn_blocking(move || drop(producer));
+        if let Some(producer) = producer {
+            drop_off_runtime(producer);
         }
+    }
+}
+
+/// Drops a producer on the blocking pool when inside a runtime (rdkafka's drop joins its
+/// threads), here otherwise.
+fn drop_off_runtime(producer: FutureProducer) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn_blocking(move || drop(producer));
     }
 }
 
@@ -223,11 +231,9 @@ impl Inner {
         tracing::error!(backend = BACKEND, error = %broken, "Kafka producer unusable: replacing it");
         match self.config.client_config().create::<FutureProducer>() {
             Ok(new) => {
-                if let (Some(old), Ok(runtime)) =
-                    (slot.replace(new), tokio::runtime::Handle::try_current())
-                {
-                    // Its queued records fail with their own reports; dropping it blocks.
-                    runtime.spawn_blocking(move || drop(old));
+                // Its queued records fail with their own reports; dropping it blocks.
+                if let Some(old) = slot.replace(new) {
+                    drop_off_runtime(old);
                 }
             }
             Err(e) => {

@@ -275,12 +275,9 @@ impl Inner {
         wait
     }
 
-    /// `XADD` then `WAIT`, pipelined on one connection: `WAIT` counts the replicas that hold
-    /// every write this connection made before it, so this entry among them.
-    async fn publish_waiting(&self, event: &Event, cmd: redis::Cmd) -> Result<Position> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        pipe.add_command(cmd).add_command(self.wait_command());
+    /// Sends `pipe` (errors kept per command) on a pooled connection, which is dropped when it
+    /// or a reply says the connection is unusable.
+    async fn run(&self, pipe: &redis::Pipeline) -> Result<Vec<RedisResult<redis::Value>>> {
         let mut conn = self.source.get(&self.config.pool).await?;
         let replies = pipe
             .query_async::<Vec<RedisResult<redis::Value>>>(conn.get())
@@ -292,7 +289,16 @@ impl Inner {
             }
             _ => conn.touch(),
         }
-        let replies = replies.map_err(from_command)?;
+        replies.map_err(from_command)
+    }
+
+    /// `XADD` then `WAIT`, pipelined on one connection: `WAIT` counts the replicas that hold
+    /// every write this connection made before it, so this entry among them.
+    async fn publish_waiting(&self, event: &Event, cmd: redis::Cmd) -> Result<Position> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        pipe.add_command(cmd).add_command(self.wait_command());
+        let replies = self.run(&pipe).await?;
         let [added, waited] =
             <[_; 2]>::try_from(replies).map_err(|r| short_pipeline(r.len(), 2))?;
         let position = self.position(event, added)?;
@@ -440,18 +446,7 @@ impl Backend for Inner {
         if waiting {
             pipe.add_command(self.wait_command());
         }
-        let mut conn = self.source.get(&self.config.pool).await?;
-        let replies = pipe
-            .query_async::<Vec<RedisResult<redis::Value>>>(conn.get())
-            .await;
-        match &replies {
-            Err(e) if broken(e) => conn.discard(),
-            Ok(replies) if replies.iter().any(|r| r.as_ref().is_err_and(broken)) => {
-                conn.discard();
-            }
-            _ => conn.touch(),
-        }
-        let mut replies = replies.map_err(from_command)?;
+        let mut replies = self.run(&pipe).await?;
         let expected = sent.len() + usize::from(waiting);
         if replies.len() != expected {
             let e = short_pipeline(replies.len(), expected);
