@@ -36,32 +36,30 @@ pub struct Target {
 }
 
 impl Target {
-    /// The broker for `backend` by the tests' rule (`publisher_core::testing::configured_or_local`:
-    /// the variable, which must answer, else the local default), or `None` when nothing
-    /// answers.
+    /// The broker for `backend` by the tests' rule (`publisher_core::testing::find_broker`:
+    /// the variable, which must answer, else the local default, else a container with
+    /// `publisher-core/testcontainers`), or `None` (said on stderr) when there is none: a
+    /// benchmark against an embedded mock would measure the mock.
     ///
     /// # Panics
     /// When the backend's variable is set and nothing answers there.
     pub fn find(backend: Backend, dir: &std::path::Path) -> Option<Target> {
-        let (var, default) = match backend {
+        use publisher_core::testing::Broker;
+        let broker = match backend {
             Backend::Console => {
                 return Some(Target {
                     backend,
                     address: dir.join("bench.jsonl").display().to_string(),
                 });
             }
-            Backend::Redis => ("PUBLISHER_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
-            Backend::Amqp => (
-                "PUBLISHER_TEST_AMQP_URL",
-                "amqp://guest:guest@127.0.0.1:5672/%2f",
-            ),
-            Backend::Kafka => ("PUBLISHER_TEST_KAFKA_BROKERS", "127.0.0.1:9092"),
+            Backend::Redis => Broker::Redis,
+            Backend::Amqp => Broker::RabbitMq,
+            Backend::Kafka => Broker::Kafka,
         };
-        // The workspace's one rule: the variable (which must answer), else the local default.
-        match publisher_core::testing::configured_or_local(&backend.to_string(), var, default) {
-            Some(address) => Some(Target { backend, address }),
-            None => {
-                eprintln!("{backend}: nothing answers at {default} ({var}); skipped");
+        match publisher_core::testing::find_broker(broker) {
+            Ok(address) => Some(Target { backend, address }),
+            Err(why) => {
+                eprintln!("{backend}: {why} ({}); skipped", broker.var());
                 None
             }
         }

@@ -18,6 +18,8 @@ pub mod publisher;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg(feature = "testing")]
+mod testing_brokers;
+#[cfg(feature = "testing")]
 mod testing_history;
 #[cfg(feature = "testing")]
 mod testing_proxy;

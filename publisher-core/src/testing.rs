@@ -30,6 +30,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use uuid::Uuid;
 
+pub use crate::testing_brokers::{
+    Broker, answers, configured_or_local, find_broker, is_ci, notice, skip,
+};
 pub use crate::testing_history::{
     BadEvent, Faults, History, Intent, Record, Verdict, publish_batches, publish_each,
 };
@@ -415,78 +418,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("bind a local port")
         .port()
-}
-
-/// Whether this run is CI (`CI=true` or `CI=1`): there a broker a test needs must be there.
-pub fn is_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// Whether something accepts TCP connections at every `host:port` of `address` (a URL such as
-/// `redis://user:pass@host:6379/0`, or Kafka's `host:port[,host:port…]`), each within `wait`.
-pub fn answers(address: &str, wait: Duration) -> bool {
-    use std::net::ToSocketAddrs;
-    let rest = address.split_once("://").map_or(address, |(_, r)| r);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    let hosts = rest.split(['/', '?']).next().unwrap_or(rest);
-    hosts.split(',').filter(|h| !h.is_empty()).all(|h| {
-        h.to_socket_addrs().is_ok_and(|mut addrs| {
-            addrs.any(|a| std::net::TcpStream::connect_timeout(&a, wait).is_ok())
-        })
-    })
-}
-
-/// Where a test's broker is, by one rule for every backend: the environment variable `var`
-/// when set (it must answer: a panic naming it within seconds otherwise, never minutes of
-/// timeouts), else `default` when it answers, else `None` (the caller then uses an embedded
-/// broker, or skips).
-///
-/// # Panics
-/// When `var` is set and nothing answers at its address.
-pub fn configured_or_local(backend: &str, var: &str, default: &str) -> Option<String> {
-    if let Ok(address) = std::env::var(var) {
-        assert!(
-            answers(&address, Duration::from_secs(3)),
-            "no {backend} broker at {} ({var}): start one there or unset the variable",
-            redact_address(&address)
-        );
-        return Some(address);
-    }
-    answers(default, Duration::from_millis(500)).then(|| default.to_owned())
-}
-
-fn redact_address(address: &str) -> String {
-    match (address.split_once("://"), address.rsplit_once('@')) {
-        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
-        _ => address.to_owned(),
-    }
-}
-
-/// Says once per process, on the terminal even while the test harness captures output, that
-/// `backend`'s tests are skipped and why; under CI, where a skipped backend would let CI pass
-/// without it, panics instead.
-///
-/// # Panics
-/// Under CI.
-pub fn skip(backend: &str, var: &str, why: &str) {
-    let line = format!("{backend} tests skipped: {why} (set {var} to run them)");
-    assert!(
-        !is_ci(),
-        "{line}; under CI=true a skipped backend is a failure"
-    );
-    notice(&line);
-}
-
-/// Writes `line` once per process to the terminal's stderr, not through `eprintln!`, which the
-/// test harness captures (and hides) for passing tests.
-pub fn notice(line: &str) {
-    use std::io::Write;
-    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
-    if !said.iter().any(|l| l == line) {
-        let _ = writeln!(std::io::stderr(), "{line}");
-        said.push(line.to_owned());
-    }
 }
 
 /// A topic name unique to this process and call: `{prefix}.{uuid}` (valid for every backend).

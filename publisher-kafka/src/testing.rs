@@ -4,7 +4,7 @@
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use publisher_core::testing::{BadEvent, Intent, Probe, Received, unique_name};
+use publisher_core::testing::{BadEvent, Broker, Intent, Probe, Received, unique_name};
 use publisher_core::{Error, ErrorKind, Event, Result, async_trait};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -107,9 +107,10 @@ impl EmbeddedKafka {
 /// The variable that points the tests at a Kafka broker.
 pub const BROKERS_VAR: &str = "PUBLISHER_TEST_KAFKA_BROKERS";
 
-/// The tests' Kafka: [`BROKERS_VAR`] (it must answer: a panic naming it within seconds
-/// otherwise), else `127.0.0.1:9092` when it answers, else, outside CI, the process's
-/// [`EmbeddedKafka`] (said once on the terminal), so that the Kafka suites run everywhere.
+/// The tests' Kafka by the workspace's rule (`publisher_core::testing::find_broker`:
+/// [`BROKERS_VAR`], which must answer, else `127.0.0.1:9092`, else a container with
+/// `publisher-core/testcontainers`), else, outside CI, the process's [`EmbeddedKafka`] (said
+/// once on the terminal), so that the Kafka suites run everywhere.
 ///
 /// # Panics
 /// Under CI with no broker, and when the variable points at nothing.
@@ -117,20 +118,19 @@ pub fn test_brokers() -> String {
     static FOUND: OnceLock<String> = OnceLock::new();
     FOUND
         .get_or_init(|| {
-            if let Some(b) =
-                publisher_core::testing::configured_or_local("Kafka", BROKERS_VAR, "127.0.0.1:9092")
-            {
-                return b;
-            }
+            let why = match publisher_core::testing::find_broker(Broker::Kafka) {
+                Ok(brokers) => return brokers,
+                Err(why) => why,
+            };
             assert!(
                 !publisher_core::testing::is_ci(),
-                "no Kafka broker at 127.0.0.1:9092 and {BROKERS_VAR} is not set: under CI=true \
-                 the tests need a real broker"
+                "no Kafka broker: {why}; under CI=true the tests need a real one \
+                 (set {BROKERS_VAR})"
             );
             let embedded = EmbeddedKafka::get();
             publisher_core::testing::notice(&format!(
-                "Kafka tests run on librdkafka's in-process mock cluster ({}): no broker at \
-                 127.0.0.1:9092 (set {BROKERS_VAR} to use one)",
+                "Kafka tests run on librdkafka's in-process mock cluster ({}): {why} (set \
+                 {BROKERS_VAR} to use a broker)",
                 embedded.bootstrap()
             ));
             embedded.bootstrap().to_owned()

@@ -1,13 +1,12 @@
 //! Support for the cross-backend integration suite: where each broker is (one place), a
 //! read-back probe for every backend, and the fault proxy.
 //!
-//! Brokers are found in this order:
-//! 1. Environment: `PUBLISHER_TEST_REDIS_URL`, `PUBLISHER_TEST_AMQP_URL`,
-//!    `PUBLISHER_TEST_KAFKA_BROKERS` point at running brokers.
-//! 2. testcontainers (feature `testcontainers`): when no URL is given and a Docker engine
-//!    answers, the suite starts its own container and removes it afterwards.
-//! 3. Neither: the backend is reported as skipped with the reason. Under `CI=true` a skipped
-//!    backend is a failure, so CI can never go green without having talked to a broker.
+//! Brokers are found by the workspace's one rule (`publisher_core::testing::find_broker`): the
+//! variable (`PUBLISHER_TEST_REDIS_URL`, `PUBLISHER_TEST_AMQP_URL`,
+//! `PUBLISHER_TEST_KAFKA_BROKERS`; it must answer), then the local default port, then a
+//! container where a Docker engine answers (feature `testcontainers`; reused across runs), then
+//! Kafka's embedded mock cluster outside CI; otherwise the backend is skipped with one line, and
+//! under `CI=true` a skipped backend is a failure, so CI never goes green without its brokers.
 #![forbid(unsafe_code)]
 
 pub mod brokers;

@@ -1,5 +1,5 @@
 //! [`Suite`]: a harness that opens every publisher through `publisher::from_url` and keeps its
-//! broker (and container) alive.
+//! broker's address.
 
 use std::time::Duration;
 

@@ -12,29 +12,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use publisher_core::Publisher;
-use publisher_core::testing::{Harness, OwnBroker, ProbeHarness};
+use publisher_core::testing::{Broker, Harness, OwnBroker, ProbeHarness};
 
-const AMQP_VAR: &str = "PUBLISHER_TEST_AMQP_URL";
-const AMQP_DEFAULT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-/// The shared RabbitMQ: `PUBLISHER_TEST_AMQP_URL` (it must answer), else the local default
-/// when it answers, else `None` (said once; a failure under CI).
+/// The shared RabbitMQ by the workspace's rule (`publisher_core::testing::find_broker`), or
+/// `None` (said once; a failure under CI).
 pub fn amqp() -> Option<String> {
-    static FOUND: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    FOUND
-        .get_or_init(|| {
-            let found =
-                publisher_core::testing::configured_or_local("RabbitMQ", AMQP_VAR, AMQP_DEFAULT);
-            if found.is_none() {
-                publisher_core::testing::skip(
-                    "amqp",
-                    AMQP_VAR,
-                    "nothing answers at 127.0.0.1:5672",
-                );
-            }
-            found
-        })
-        .clone()
+    let broker = Broker::RabbitMq;
+    publisher_core::testing::find_broker(broker)
+        .inspect_err(|why| publisher_core::testing::skip("amqp", broker.var(), why))
+        .ok()
 }
 
 /// Whether the tests have no RabbitMQ (they then return at once: see [`amqp`]).
@@ -144,7 +130,7 @@ fn harness_on(url: String) -> ProbeHarness<QueueProbe> {
 /// restart scenario. Killed (SIGKILL) and its directory removed on drop.
 pub struct RabbitNode {
     name: String,
-    port: u16,
+    pub port: u16,
     dist_port: u16,
     dir: PathBuf,
     child: Option<Child>,

@@ -8,36 +8,20 @@ use std::time::Duration;
 
 use std::net::SocketAddr;
 
-use publisher_core::testing::{Harness, OwnBroker, ProbeHarness, url_via};
+use publisher_core::testing::{Broker, Harness, OwnBroker, ProbeHarness, url_via};
 use publisher_core::{Publisher, Timeouts};
 use publisher_redis::testing::{PubsubProbe, StreamProbe};
 use publisher_redis::{Mode, RedisConfig, RedisPublisher};
 
 pub use publisher_redis::testing::xrange;
 
-const REDIS_VAR: &str = "PUBLISHER_TEST_REDIS_URL";
-
-/// The shared Redis the tests use: `PUBLISHER_TEST_REDIS_URL` (it must answer), else the local
-/// default when it answers, else `None` (said once; a failure under CI).
+/// The shared Redis by the workspace's rule (`publisher_core::testing::find_broker`), or
+/// `None` (said once; a failure under CI).
 pub fn redis() -> Option<String> {
-    static FOUND: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    FOUND
-        .get_or_init(|| {
-            let found = publisher_core::testing::configured_or_local(
-                "Redis",
-                REDIS_VAR,
-                "redis://127.0.0.1:6379",
-            );
-            if found.is_none() {
-                publisher_core::testing::skip(
-                    "redis",
-                    REDIS_VAR,
-                    "nothing answers at redis://127.0.0.1:6379",
-                );
-            }
-            found
-        })
-        .clone()
+    let broker = Broker::Redis;
+    publisher_core::testing::find_broker(broker)
+        .inspect_err(|why| publisher_core::testing::skip("redis", broker.var(), why))
+        .ok()
 }
 
 /// Whether the tests have no Redis (they then return at once: see [`redis`]).
