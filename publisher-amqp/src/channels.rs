@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::BACKEND;
 use crate::confirms::Confirms;
 use crate::error::from_lapin;
+use crate::transport::OwnedConnection;
 
 /// Where the connection comes from.
 pub(crate) enum Link {
@@ -24,7 +25,7 @@ pub(crate) enum Link {
         uri: Box<AMQPUri>,
         name: String,
         connect_timeout: Duration,
-        current: Mutex<Option<Arc<Connection>>>,
+        current: Mutex<Option<OwnedConnection>>,
         /// Set by [`Link::close`]: no connection is opened after it (a health check racing
         /// the close would otherwise leave one open until the publisher is dropped).
         closed: AtomicBool,
@@ -80,24 +81,24 @@ impl Link {
                     return Err(Error::closed(BACKEND));
                 }
                 if let Some(c) = current.as_ref()
-                    && c.status().connected()
+                    && c.connection.status().connected()
                 {
-                    return Ok(c.clone());
+                    return Ok(c.connection.clone());
                 }
                 let props =
                     ConnectionProperties::default().with_connection_name(name.as_str().into());
-                let conn = tokio::time::timeout(
+                let owned = tokio::time::timeout(
                     *connect_timeout,
-                    Connection::connect_uri((**uri).clone(), props),
+                    OwnedConnection::open((**uri).clone(), props),
                 )
                 .await
                 .map_err(|_| Error::timeout(BACKEND, "connecting to RabbitMQ", *connect_timeout))?
                 .map_err(from_lapin)?;
-                let conn = Arc::new(conn);
+                let conn = owned.connection.clone();
                 if current.is_some() {
                     tracing::info!(backend = BACKEND, connection = %name, "reconnected to RabbitMQ");
                 }
-                *current = Some(conn.clone());
+                *current = Some(owned);
                 Ok(conn)
             }
         }
@@ -112,18 +113,37 @@ impl Link {
             return;
         };
         closed.store(true, Ordering::Release);
-        let Some(conn) = current.lock().await.take() else {
+        let Some(owned) = current.lock().await.take() else {
             return;
         };
-        if !conn.status().connected() {
+        let status = owned.connection.status();
+        if !status.connected() {
             return;
         }
-        match tokio::time::timeout(limit, conn.close(200, "publisher closed".into())).await {
+        if status.blocked() {
+            // lapin writes nothing while RabbitMQ blocks the connection, `connection.close`
+            // included: it would leave when the alarm clears. End the connection now.
+            tracing::warn!(
+                backend = BACKEND,
+                "RabbitMQ is blocking the connection (memory or disk alarm): closing its socket \
+                 without the AMQP close"
+            );
+            owned.socket.cut();
+            return;
+        }
+        let closing = owned.connection.close(200, "publisher closed".into());
+        match tokio::time::timeout(limit, closing).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::debug!(backend = BACKEND, error = %e, "closing the AMQP connection")
             }
-            Err(_) => tracing::warn!(backend = BACKEND, "closing the AMQP connection timed out"),
+            Err(_) => {
+                tracing::warn!(
+                    backend = BACKEND,
+                    "closing the AMQP connection timed out: closing its socket"
+                );
+                owned.socket.cut();
+            }
         }
     }
 }

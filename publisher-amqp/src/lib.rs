@@ -10,6 +10,7 @@ pub mod mapping;
 mod publisher;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod transport;
 
 pub use channels::{ChannelManager, ChannelPool, ConfirmChannel};
 pub use config::{AmqpConfig, ExchangeDeclare, ExchangeKind, MAX_SHORT_STRING};

@@ -102,22 +102,8 @@ impl AmqpPublisherBuilder {
                 config.timeouts.connect,
             ),
         });
-        let lifecycle = Lifecycle::new(BACKEND, config.timeouts.close);
-        let pool = ChannelPool::builder(ChannelManager {
-            link: link.clone(),
-            shutdown: lifecycle.shutdown_token(),
-            mandatory: config.mandatory,
-        })
-        .max_size(config.pool.max_size)
-        .wait_timeout(Some(config.pool.wait_timeout))
-        .create_timeout(Some(
-            config.pool.create_timeout.max(config.timeouts.connect),
-        ))
-        .recycle_timeout(Some(config.pool.recycle_timeout))
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(|e| Error::config(BACKEND, "pool", format!("cannot build the pool: {e}")))?;
-
+        // Connect (and declare) before the gate exists: a publisher that could not be built
+        // was never open, so there is nothing to close and nothing to warn about.
         let conn = link.connection().await?;
         if let Some(declare) = config.declare_exchange {
             let setup = async {
@@ -143,6 +129,22 @@ impl AmqpPublisherBuilder {
                     Error::timeout(BACKEND, "declaring the exchange", config.timeouts.connect)
                 })??;
         }
+        let lifecycle = Lifecycle::new(BACKEND, config.timeouts.close);
+        let pool = ChannelPool::builder(ChannelManager {
+            link: link.clone(),
+            shutdown: lifecycle.shutdown_token(),
+            mandatory: config.mandatory,
+        })
+        .max_size(config.pool.max_size)
+        .wait_timeout(Some(config.pool.wait_timeout))
+        .create_timeout(Some(
+            config.pool.create_timeout.max(config.timeouts.connect),
+        ))
+        .recycle_timeout(Some(config.pool.recycle_timeout))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| Error::config(BACKEND, "pool", format!("cannot build the pool: {e}")))?;
+
         Ok(AmqpPublisher {
             inner: Arc::new(Inner {
                 config,
@@ -343,9 +345,11 @@ impl Inner {
         self.current().take();
         let removed = self.pool.retain(|_, _| false).removed;
         self.pool.close();
+        // A blocked connection writes nothing, channel.close included: closing the connection
+        // (its socket, then) closes its channels.
         let closing = removed
             .into_iter()
-            .filter(|c| c.channel.status().connected())
+            .filter(|c| c.channel.status().connected() && !c.connection.blocked())
             .map(|c| async move {
                 let _ =
                     tokio::time::timeout(limit, c.channel.close(200, "publisher closed".into()))

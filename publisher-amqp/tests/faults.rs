@@ -267,54 +267,40 @@ async fn memory_alarm_refuses_publishes_fast_and_every_wait_stays_bounded() {
         .declare_queue(&queue, FieldTable::default())
         .await
         .unwrap();
-    let open = || async {
-        let mut cfg = AmqpConfig::from_url(&node.url()).unwrap();
-        cfg.timeouts = Timeouts::default()
-            .with_publish(Duration::from_secs(1))
-            .with_health(Duration::from_secs(1))
-            .with_close(Duration::from_secs(2));
-        AmqpPublisher::builder().config(cfg).build().await.unwrap()
+    let open = |name: String| {
+        let url = node.url();
+        async move {
+            let mut cfg = AmqpConfig::from_url(&url).unwrap();
+            cfg.connection_name = name;
+            cfg.timeouts = Timeouts::default()
+                .with_publish(Duration::from_secs(1))
+                .with_health(Duration::from_secs(1))
+                .with_close(Duration::from_secs(2));
+            AmqpPublisher::builder().config(cfg).build().await.unwrap()
+        }
     };
-    let publisher = open().await;
-    let other = open().await;
+    let names = ["publishing", "closed", "dropped"].map(|n| unique_name(&format!("alarm-{n}")));
+    let publisher = open(names[0].clone()).await;
+    let other = open(names[1].clone()).await;
+    let dropped = open(names[2].clone()).await;
+    // The connections RabbitMQ holds, by the name each publisher gave its own.
+    let open_connections = || node.ctl(&["list_connections", "client_properties"]);
+    for name in &names {
+        assert!(
+            open_connections().contains(name.as_str()),
+            "{name} is not connected"
+        );
+    }
+    assert_eq!(established_to(node.port), 4);
     publisher
         .publish(Event::text(queue.clone(), "before"))
         .await
         .unwrap();
-    other
-        .publish(Event::text(queue.clone(), "other before"))
-        .await
-        .unwrap();
 
     node.ctl(&["set_vm_memory_high_watermark", "0"]);
-    let mut refused = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let e = Event::text(queue.clone(), format!("during {}", refused.len()));
-        let id = e.id();
-        let started = Instant::now();
-        let r = publisher.publish(e).await;
-        assert!(
-            started.elapsed() < Duration::from_millis(1500),
-            "a publish during the alarm took {:?}",
-            started.elapsed()
-        );
-        match r {
-            Err(e) if e.kind() == ErrorKind::Unavailable => {
-                assert!(e.message().contains("connection.blocked"), "{e}");
-                refused.push(id);
-                if refused.len() == 5 {
-                    break;
-                }
-            }
-            Err(e) => assert!(e.is_outcome_unknown(), "{e}"),
-            Ok(_) => {}
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the alarm never blocked the publisher"
-        );
-    }
+    let mut refused = until_blocked(&publisher, &queue).await;
+    refused.extend(until_blocked(&other, &queue).await);
+    refused.extend(until_blocked(&dropped, &queue).await);
     let health = publisher.health().await;
     assert!(!health.is_healthy(), "{health}");
     // Close while blocked: bounded by the close timeout, whatever lapin is waiting for.
@@ -324,6 +310,38 @@ async fn memory_alarm_refuses_publishes_fast_and_every_wait_stays_bounded() {
         started.elapsed() < Duration::from_secs(4),
         "close during the alarm took {:?}: {report:?}",
         started.elapsed()
+    );
+    // Close released the connection, and so did dropping a publisher without close, while
+    // the alarm is still on (lapin cannot write connection.close while blocked).
+    drop(dropped);
+    // Our side lets go at once: only the open publisher's and the read-back client's
+    // connections are left established (they were four).
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while established_to(node.port) != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "{} connections to the node are still established on our side",
+            established_to(node.port)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And RabbitMQ, which reads nothing from a blocked connection, sees them gone while the
+    // alarm is still on (it held them until the alarm cleared before).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = open_connections();
+        if !held.contains(names[1].as_str()) && !held.contains(names[2].as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "RabbitMQ still holds a closed or dropped publisher's connection during the alarm"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        open_connections().contains(names[0].as_str()),
+        "the open publisher's connection went too"
     );
 
     node.ctl(&["set_vm_memory_high_watermark", "0.4"]);
@@ -348,6 +366,65 @@ async fn memory_alarm_refuses_publishes_fast_and_every_wait_stays_bounded() {
     assert!(held.iter().any(|e| e.payload().as_ref() == b"before"));
     assert!(held.iter().any(|e| e.payload().as_ref() == b"after"));
     publisher.close().await.unwrap();
+}
+
+/// TCP connections of this machine established to `port` (the client side of each: Linux's
+/// socket tables, where the remote port is `port`).
+fn established_to(port: u16) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(t).ok())
+        .map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter(|row| {
+                    let cols: Vec<&str> = row.split_whitespace().collect();
+                    // local_address rem_address st: "0100007F:1F90 0100007F:D431 01"
+                    cols.len() > 3
+                        && cols[3] == "01"
+                        && cols[2]
+                            .rsplit_once(':')
+                            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                            == Some(port)
+                })
+                .count()
+        })
+        .sum()
+}
+
+/// Publishes until the publisher refuses with `connection.blocked` (RabbitMQ blocks a
+/// connection once it publishes during an alarm); every publish stays bounded. Returns the
+/// refused events' ids.
+async fn until_blocked(p: &AmqpPublisher, queue: &str) -> Vec<publisher_core::Uuid> {
+    let mut refused = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let e = Event::text(queue, format!("during {}", refused.len()));
+        let id = e.id();
+        let started = Instant::now();
+        let r = p.publish(e).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "a publish during the alarm took {:?}",
+            started.elapsed()
+        );
+        match r {
+            Err(e) if e.kind() == ErrorKind::Unavailable => {
+                assert!(e.message().contains("connection.blocked"), "{e}");
+                refused.push(id);
+                if refused.len() == 5 {
+                    return refused;
+                }
+            }
+            Err(e) => assert!(e.is_outcome_unknown(), "{e}"),
+            Ok(_) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the alarm never blocked the publisher"
+        );
+    }
 }
 
 /// Topic authorization (403 on a routing key) closes the channel: the refused event gets
