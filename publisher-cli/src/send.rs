@@ -1,20 +1,27 @@
 //! `evpub send`: JSON lines in, events out, one summary line at the end.
+//!
+//! Lines are read as a stream (never the whole file) and handed to lanes; a key always goes to
+//! the same lane, so events with the same key are published in input order. A lane publishes
+//! what is waiting for it as one batch (up to `--max-batch`), which every backend sends in
+//! order on one connection, channel or producer: many publishes are in flight per lane while
+//! the order per key is kept, and a lane is as fast as the client's own batching.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use publisher::{Event, Publisher};
+use publisher::{Event, Publisher, Uuid};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::attempts::{self, MaybeSent};
 use crate::input::parse_line;
+use crate::progress::Progress;
+use crate::receipts::{Outcome, Receipts};
 
 /// What to do with a line that is not valid input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -32,96 +39,183 @@ pub struct SendArgs {
     /// Topic for lines that are not envelopes (or envelopes without `topic`).
     #[arg(long)]
     pub topic: Option<String>,
-    /// Publishes in flight at once; events with the same key keep their order.
+    /// Lanes publishing at once; events with the same key go to the same lane and keep their
+    /// order.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub concurrency: u16,
+    /// Most events a lane publishes in one batch when input is waiting (1: one at a time).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_batch: u32,
     /// What to do with a line that is not valid input.
     #[arg(long, value_enum, default_value_t = OnError::Fail)]
     pub on_error: OnError,
+    /// Retry failures that may succeed later (a broker restarting, a lost connection, a
+    /// timeout) with exponential backoff, from 100 ms up to 2 s between attempts, for at most
+    /// `--retry-for` per line. A line retried after an attempt whose outcome was unknown may
+    /// reach the broker twice (same event id): the summary counts them and `--receipts` marks
+    /// them.
+    #[arg(long)]
+    pub retry: bool,
+    /// With `--retry`: how long one line may be retried.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub retry_for: Duration,
+    /// Write one JSON line per input line to FILE: line number, event id, ok or the error's
+    /// kind and message, and where the broker put it.
+    #[arg(long, value_name = "FILE")]
+    pub receipts: Option<PathBuf>,
 }
 
 #[derive(Default)]
 struct Counts {
     published: AtomicU64,
     failed: AtomicU64,
+    maybe_twice: AtomicU64,
+    not_sent: AtomicU64,
+}
+
+/// One lane's share of the work.
+struct Lane {
+    publisher: Arc<dyn Publisher>,
+    counts: Arc<Counts>,
+    progress: Progress,
+    receipts: Receipts,
+    maybe_sent: MaybeSent,
+    stop: CancellationToken,
+    endpoint: Arc<str>,
+    max_batch: usize,
+}
+
+impl Lane {
+    async fn run(self, mut rx: mpsc::Receiver<(usize, Event)>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            if self.stop.is_cancelled() {
+                for (line, event) in batch.drain(..) {
+                    self.counts.not_sent.fetch_add(1, Ordering::Relaxed);
+                    let outcome = Outcome::NotSent;
+                    self.receipts.record(line, Some(event.id()), &outcome).await;
+                }
+                continue;
+            }
+            let (lines, events): (Vec<usize>, Vec<Event>) = batch.drain(..).unzip();
+            let ids: Vec<Uuid> = events.iter().map(Event::id).collect();
+            let results = if events.len() == 1 {
+                let mut events = events;
+                match events.pop() {
+                    Some(event) => vec![self.publisher.publish(event).await],
+                    None => Vec::new(),
+                }
+            } else {
+                self.publisher.publish_batch(events).await.into_results()
+            };
+            for ((line, id), result) in lines.into_iter().zip(ids).zip(results) {
+                let maybe_duplicate = self.maybe_sent.take(&id);
+                let outcome = match result {
+                    Ok(receipt) => {
+                        self.counts.published.fetch_add(1, Ordering::Relaxed);
+                        if maybe_duplicate {
+                            self.counts.maybe_twice.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Outcome::Published {
+                            position: receipt.position,
+                            maybe_duplicate,
+                        }
+                    }
+                    Err(e) => {
+                        self.counts.failed.fetch_add(1, Ordering::Relaxed);
+                        self.progress.say(format!(
+                            "line {line}: not published ({}): {e}",
+                            self.endpoint
+                        ));
+                        Outcome::Failed(e)
+                    }
+                };
+                self.receipts.record(line, Some(id), &outcome).await;
+                self.progress.done();
+            }
+        }
+    }
 }
 
 /// Runs `send`; returns the process exit code.
-pub async fn run(publisher: Box<dyn Publisher>, args: SendArgs) -> i32 {
-    let reader: Box<dyn AsyncRead + Unpin + Send> = match &args.file {
+pub async fn run(publisher: Box<dyn Publisher>, endpoint: &str, args: SendArgs) -> i32 {
+    let (reader, total): (Box<dyn AsyncRead + Unpin + Send>, Option<u64>) = match &args.file {
         Some(path) => match tokio::fs::File::open(path).await {
-            Ok(f) => Box::new(f),
+            Ok(f) => {
+                let len = f.metadata().await.ok().map(|m| m.len());
+                (Box::new(f), len)
+            }
             Err(e) => {
                 eprintln!("evpub: cannot read {}: {e}", path.display());
                 let _ = publisher.close().await;
                 return 1;
             }
         },
-        None => Box::new(tokio::io::stdin()),
+        None => (Box::new(tokio::io::stdin()), None),
     };
-    let total = match &args.file {
-        Some(path) => std::fs::read(path)
-            .map(|b| b.iter().filter(|c| **c == b'\n').count() as u64)
-            .ok(),
-        None => None,
+    let (receipts, receipts_writer) = match &args.receipts {
+        Some(path) => match Receipts::to_file(path).await {
+            Ok((r, w)) => (r, Some(w)),
+            Err(e) => {
+                eprintln!("evpub: cannot write receipts to {}: {e}", path.display());
+                let _ = publisher.close().await;
+                return 1;
+            }
+        },
+        None => (Receipts::none(), None),
     };
-    let progress = if std::io::stderr().is_terminal() {
-        let bar = match total {
-            Some(n) => ProgressBar::new(n),
-            None => ProgressBar::new_spinner(),
+    let maybe_sent = MaybeSent::default();
+    let mut publisher: Arc<dyn Publisher> = Arc::from(publisher);
+    if args.retry {
+        publisher = match attempts::with_retry(
+            publisher.clone(),
+            attempts::policy(args.retry_for),
+            maybe_sent.clone(),
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("evpub: --retry-for: {e}");
+                let _ = publisher.close().await;
+                return 2;
+            }
         };
-        bar.set_draw_target(ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-
-    let publisher: Arc<dyn Publisher> = Arc::from(publisher);
+    }
+    let progress = Progress::new(total);
     let counts = Arc::new(Counts::default());
     let interrupted = CancellationToken::new();
     let started = Instant::now();
+    let endpoint: Arc<str> = Arc::from(endpoint);
 
-    // One lane per unit of concurrency; a key always maps to the same lane, so events with the
-    // same key are published in input order.
     let lanes = usize::from(args.concurrency);
+    let max_batch = args.max_batch as usize;
     let mut senders = Vec::with_capacity(lanes);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..lanes {
-        let (tx, mut rx) = mpsc::channel::<(usize, Event)>(64);
+        // Room for the next batch while one is in flight.
+        let (tx, rx) = mpsc::channel::<(usize, Event)>(max_batch.max(64));
         senders.push(tx);
-        let (p, counts, progress, stop) = (
-            publisher.clone(),
-            counts.clone(),
-            progress.clone(),
-            interrupted.clone(),
-        );
-        workers.spawn(async move {
-            let mut not_sent = 0u64;
-            while let Some((line, event)) = rx.recv().await {
-                if stop.is_cancelled() {
-                    not_sent += 1;
-                    continue;
-                }
-                match p.publish(event).await {
-                    Ok(_) => counts.published.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        progress.suspend(|| eprintln!("line {line}: not published: {e}"));
-                        counts.failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-                progress.inc(1);
-            }
-            not_sent
-        });
+        let lane = Lane {
+            publisher: publisher.clone(),
+            counts: counts.clone(),
+            progress: progress.clone(),
+            receipts: receipts.clone(),
+            maybe_sent: maybe_sent.clone(),
+            stop: interrupted.clone(),
+            endpoint: endpoint.clone(),
+            max_batch,
+        };
+        workers.spawn(lane.run(rx));
     }
 
-    let mut lines = BufReader::new(reader).lines();
+    let mut input = BufReader::new(reader);
+    let mut text = String::new();
     let mut line_no = 0usize;
     let mut skipped = 0u64;
     let mut fatal = false;
@@ -129,32 +223,41 @@ pub async fn run(publisher: Box<dyn Publisher>, args: SendArgs) -> i32 {
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
-        let line = tokio::select! {
+        text.clear();
+        let read = tokio::select! {
             _ = &mut ctrl_c => {
                 interrupted.cancel();
                 break;
             }
-            line = lines.next_line() => line,
+            read = input.read_line(&mut text) => read,
         };
-        let text = match line {
-            Ok(Some(text)) => text,
-            Ok(None) => break,
+        match read {
+            Ok(0) => break,
+            Ok(n) => progress.read(n as u64),
             Err(e) => {
-                progress
-                    .suspend(|| eprintln!("evpub: reading input failed after line {line_no}: {e}"));
+                progress.say(format!(
+                    "evpub: reading input failed after line {line_no}: {e}"
+                ));
                 fatal = true;
                 break;
             }
-        };
+        }
         line_no += 1;
         if text.trim().is_empty() {
             continue;
         }
-        let event = match parse_line(&text, line_no, args.topic.as_deref()) {
+        let event = match parse_line(
+            text.trim_end_matches(['\n', '\r']),
+            line_no,
+            args.topic.as_deref(),
+        ) {
             Ok(event) => event,
             Err(e) => {
-                progress.suspend(|| eprintln!("{e}"));
-                progress.inc(1);
+                progress.say(e.to_string());
+                progress.done();
+                receipts
+                    .record(line_no, None, &Outcome::Invalid(e.message.clone()))
+                    .await;
                 match args.on_error {
                     OnError::Skip => {
                         skipped += 1;
@@ -188,25 +291,43 @@ pub async fn run(publisher: Box<dyn Publisher>, args: SendArgs) -> i32 {
         }
     }
     drop(senders);
-    let mut not_sent = 0;
     loop {
         tokio::select! {
             _ = &mut ctrl_c, if !interrupted.is_cancelled() => interrupted.cancel(),
-            next = workers.join_next() => match next {
-                Some(r) => not_sent += r.unwrap_or(0),
-                None => break,
-            },
+            next = workers.join_next() => if next.is_none() { break },
         }
     }
-    progress.finish_and_clear();
+    progress.finish();
     let close = publisher.close().await;
+    drop(receipts);
+    let receipts_ok = match receipts_writer {
+        Some(w) => match w.await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                eprintln!("evpub: writing receipts failed: {e}");
+                false
+            }
+            Err(e) => {
+                eprintln!("evpub: writing receipts failed: {e}");
+                false
+            }
+        },
+        None => true,
+    };
     let elapsed = started.elapsed();
     let published = counts.published.load(Ordering::Relaxed);
     let failed = counts.failed.load(Ordering::Relaxed);
+    let maybe_twice = counts.maybe_twice.load(Ordering::Relaxed);
+    let not_sent = counts.not_sent.load(Ordering::Relaxed);
     let rate = published as f64 / elapsed.as_secs_f64().max(1e-9);
     let mut summary = format!(
-        "published {published}, failed {failed}, skipped {skipped}, elapsed {elapsed:.2?}, {rate:.0} events/s"
+        "published {published}, failed {failed}, skipped {skipped}, elapsed {elapsed:.2?}, {rate:.0} events/s ({endpoint})"
     );
+    if maybe_twice > 0 {
+        summary.push_str(&format!(
+            "; {maybe_twice} of them possibly twice (an earlier attempt's outcome was unknown)"
+        ));
+    }
     if interrupted.is_cancelled() {
         summary = format!("interrupted: {summary}, not sent {not_sent}");
     }
@@ -216,11 +337,11 @@ pub async fn run(publisher: Box<dyn Publisher>, args: SendArgs) -> i32 {
             eprintln!("close: {report}")
         }
         Ok(_) => {}
-        Err(e) => eprintln!("close failed: {e}"),
+        Err(e) => eprintln!("close failed ({endpoint}): {e}"),
     }
     if interrupted.is_cancelled() {
         130
-    } else if failed == 0 && skipped == 0 && !fatal && close.is_ok() {
+    } else if failed == 0 && skipped == 0 && !fatal && close.is_ok() && receipts_ok {
         0
     } else {
         1

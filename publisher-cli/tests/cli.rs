@@ -146,22 +146,16 @@ fn concurrency_keeps_per_key_order() {
     }
 }
 
-/// A broker by the workspace's one rule (variable, then local default), or `None` after one
-/// skip line (a failure under CI).
-fn broker(backend: &str, var: &str, default: &str) -> Option<String> {
-    let found = publisher::testing::configured_or_local(backend, var, default);
-    if found.is_none() {
-        publisher::testing::skip(backend, var, &format!("nothing answers at {default}"));
-    }
-    found
+/// A broker by the workspace's one rule (`find_broker`), or `None` after one skip line (a
+/// failure under CI).
+fn broker(backend: &str, broker: publisher::testing::Broker) -> Option<String> {
+    publisher::testing::find_broker(broker)
+        .inspect_err(|why| publisher::testing::skip(backend, broker.var(), why))
+        .ok()
 }
 
 fn amqp_url() -> Option<String> {
-    broker(
-        "amqp",
-        "PUBLISHER_TEST_AMQP_URL",
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-    )
+    broker("amqp", publisher::testing::Broker::RabbitMq)
 }
 
 /// A returned (unroutable) event's payload never reaches evpub's output, with lapin's logs at
@@ -191,11 +185,7 @@ fn returned_payloads_stay_out_of_the_logs() {
 }
 
 fn redis_url() -> Option<String> {
-    broker(
-        "redis",
-        "PUBLISHER_TEST_REDIS_URL",
-        "redis://127.0.0.1:6379",
-    )
+    broker("redis", publisher::testing::Broker::Redis)
 }
 
 #[test]
@@ -287,4 +277,320 @@ fn ctrl_c_closes_gracefully_and_prints_the_close_report() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("interrupted: published 2"), "{stderr}");
     assert!(stderr.contains("close: closed in"), "{stderr}");
+}
+
+/// A `redis-server` of the test's own on a free port, writing every acknowledged command to its
+/// append-only file (so that a kill loses nothing it acknowledged), restartable on the same
+/// port and data.
+struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    /// `None` (said) when `redis-server` is not installed.
+    fn start() -> Option<Self> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                !publisher::testing::is_ci(),
+                "redis-server is not installed (CI needs it)"
+            );
+            publisher::testing::notice("redis-server is not installed: restart test skipped");
+            return None;
+        }
+        let mut server = Self {
+            port: publisher::testing::free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        server.spawn();
+        Some(server)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server hard, as a crash would.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url().as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn receipts(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A broker killed and restarted in the middle of a send: with `--retry` every line ends up
+/// published, none fails, the broker holds every line's event, and any event it holds twice
+/// is one the receipts mark as `maybe_duplicate` (an attempt's outcome was unknown).
+#[test]
+fn retry_rides_out_a_broker_restart_mid_send() {
+    let Some(mut server) = OwnRedis::start() else {
+        return;
+    };
+    const LINES: usize = 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.jsonl");
+    let topic = "evpub-restart";
+    let mut body = String::with_capacity(LINES * 64);
+    for i in 0..LINES {
+        body.push_str(&format!(
+            "{{\"topic\":\"{topic}\",\"key\":\"k{}\",\"payload\":{{\"n\":{i}}}}}\n",
+            i % 97
+        ));
+    }
+    std::fs::write(&input, body).unwrap();
+    let receipts_path = dir.path().join("receipts.jsonl");
+    let child = Command::new(env!("CARGO_BIN_EXE_evpub"))
+        .args(["--url", &format!("{}?mode=stream", server.url()), "send"])
+        .arg(&input)
+        .args(["--concurrency", "16", "--retry", "--receipts"])
+        .arg(&receipts_path)
+        .env_remove("PUBLISHER_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Restart once a third of the lines are in.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let len: usize = redis::cmd("XLEN")
+            .arg(topic)
+            .query(&mut server.conn())
+            .unwrap_or(0);
+        if len >= LINES / 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the send never got a third of the way ({len})"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    server.spawn();
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("published {LINES}, failed 0")),
+        "{stderr}"
+    );
+
+    let receipts = receipts(&receipts_path);
+    assert_eq!(receipts.len(), LINES);
+    let mut lines = std::collections::HashSet::new();
+    let mut maybe_twice = std::collections::HashSet::new();
+    for r in &receipts {
+        assert_eq!(r["ok"], true, "{r}");
+        assert!(
+            lines.insert(r["line"].as_u64().unwrap()),
+            "a line twice: {r}"
+        );
+        if r["maybe_duplicate"] == true {
+            maybe_twice.insert(r["id"].as_str().unwrap().to_owned());
+        }
+    }
+    // What the broker holds, read back with redis' own client.
+    let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+        .arg(topic)
+        .arg("-")
+        .arg("+")
+        .query(&mut server.conn())
+        .unwrap();
+    let mut held: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (_, fields) in &entries {
+        let id = fields
+            .chunks(2)
+            .find(|kv| kv[0] == b"id")
+            .map(|kv| text(&kv[1]))
+            .expect("an id field");
+        *held.entry(id).or_default() += 1;
+    }
+    for r in &receipts {
+        let id = r["id"].as_str().unwrap();
+        assert!(held.contains_key(id), "line {} is not in Redis", r["line"]);
+    }
+    for (id, n) in &held {
+        if *n > 1 {
+            assert!(
+                maybe_twice.contains(id),
+                "{id} is held {n} times but was not reported as a possible duplicate"
+            );
+        }
+    }
+    println!(
+        "restart mid-send: {LINES} lines, {} entries held, {} marked maybe_duplicate",
+        entries.len(),
+        maybe_twice.len()
+    );
+}
+
+/// Secrets never reach the screen: not in `--help` (from the environment), not in an error,
+/// not in a health line, and the endpoint is named (password hidden).
+#[test]
+fn no_secret_on_screen_and_every_error_names_the_endpoint() {
+    let secret = "s3cret-pw-7731";
+    let port = publisher::testing::free_port();
+    let url = format!("redis://user:{secret}@127.0.0.1:{port}");
+    let out = evpub_with_env(&["--help"], "", &[("PUBLISHER_URL", &url)]);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!all.contains(secret), "{all}");
+    assert!(all.contains("kafka://"), "--help lists Kafka: {all}");
+
+    for args in [
+        vec!["health"],
+        vec!["health", "--json"],
+        vec!["send", "--topic", "t"],
+    ] {
+        let out = evpub_with_env(&args, "{\"a\":1}\n", &[("PUBLISHER_URL", &url)]);
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {all}");
+        assert!(!all.contains(secret), "{args:?}: {all}");
+        assert!(
+            all.contains(&format!("redis://user:***@127.0.0.1:{port}")),
+            "{args:?} does not name the endpoint: {all}"
+        );
+    }
+    let amqp = format!("amqp://guest:{secret}@127.0.0.1:{port}/%2f");
+    let out = evpub(&["--url", &amqp, "health"], "");
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!all.contains(secret), "{all}");
+    assert!(all.contains(&format!("127.0.0.1:{port}")), "{all}");
+}
+
+/// `health --json`: one JSON object per check, for scripts and readiness probes.
+#[test]
+fn health_json_has_one_object_per_check() {
+    let out = evpub(&["--url", "memory://", "health", "--json"], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let checks: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(checks.len(), 2, "{checks:?}");
+    assert_eq!(checks[0]["check"], "open");
+    assert_eq!(checks[0]["ok"], true);
+    assert_eq!(checks[1]["check"], "broker");
+    assert_eq!(checks[1]["status"], "healthy");
+    assert_eq!(checks[1]["endpoint"], "memory://");
+
+    let port = publisher::testing::free_port();
+    let out = evpub(
+        &[
+            "--url",
+            &format!("redis://127.0.0.1:{port}"),
+            "health",
+            "--json",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let last: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(last["ok"], false);
+    assert_eq!(last["status"], "unhealthy");
+}
+
+/// A Kafka client that cannot reach its broker logs the same failure many times a second: at
+/// the default level evpub shows each condition once and says how many lines it folded.
+#[test]
+fn client_log_storms_are_folded_at_the_default_level() {
+    let port = publisher::testing::free_port();
+    let url = format!("kafka://127.0.0.1:{port}");
+    let out = evpub(&["--url", &url, "health"], "");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines = stderr.lines().count();
+    assert!(lines <= 6, "{lines} lines:\n{stderr}");
+
+    let out = evpub_with_env(&["--url", &url, "health"], "", &[("EVPUB_LOG", "debug")]);
+    let unfolded = text(&out.stderr).lines().count();
+    assert!(
+        unfolded > lines,
+        "EVPUB_LOG=debug shows every line ({unfolded} vs {lines})"
+    );
+}
+
+/// `--receipts`: one line per input line, with the event id evpub published.
+#[test]
+fn receipts_reconcile_with_what_was_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("receipts.jsonl");
+    let input = "{\"topic\":\"t\",\"payload\":1}\nnot json\n{\"topic\":\"t\",\"payload\":2}\n";
+    let out = evpub(
+        &[
+            "send",
+            "--on-error",
+            "skip",
+            "--receipts",
+            path.to_str().unwrap(),
+        ],
+        input,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let published = envelopes(&out.stdout);
+    let mut receipts = receipts(&path);
+    receipts.sort_by_key(|r| r["line"].as_u64());
+    assert_eq!(receipts.len(), 3, "{receipts:?}");
+    assert_eq!(receipts[0]["ok"], true);
+    assert_eq!(receipts[0]["id"], published[0].id().to_string());
+    assert_eq!(receipts[1]["ok"], false);
+    assert_eq!(receipts[1]["error"]["kind"], "invalid_input");
+    assert_eq!(receipts[2]["id"], published[1].id().to_string());
 }

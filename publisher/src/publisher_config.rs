@@ -22,7 +22,7 @@ use crate::from_url::FACADE;
 /// or, from the environment, `PUBLISHER__REDIS__URL=redis://127.0.0.1:6379` and
 /// `PUBLISHER__REDIS__POOL__MAX_SIZE=8`. `url = "…"` alone (or `PUBLISHER__URL`) defers to
 /// [`from_url`](crate::from_url).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum PublisherConfig {
@@ -42,6 +42,27 @@ pub enum PublisherConfig {
     /// The Kafka backend.
     #[cfg(feature = "kafka")]
     Kafka(publisher_kafka::KafkaConfig),
+}
+
+/// Every backend's config redacts its own secrets; a raw URL shows with its password hidden.
+impl std::fmt::Debug for PublisherConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublisherConfig::Url(url) => f
+                .debug_tuple("Url")
+                .field(&publisher_core::config::redact_url(url))
+                .finish(),
+            PublisherConfig::Memory {} => f.write_str("Memory"),
+            #[cfg(feature = "console")]
+            PublisherConfig::Console(c) => f.debug_tuple("Console").field(c).finish(),
+            #[cfg(feature = "redis")]
+            PublisherConfig::Redis(c) => f.debug_tuple("Redis").field(c).finish(),
+            #[cfg(feature = "amqp")]
+            PublisherConfig::Amqp(c) => f.debug_tuple("Amqp").field(c).finish(),
+            #[cfg(feature = "kafka")]
+            PublisherConfig::Kafka(c) => f.debug_tuple("Kafka").field(c).finish(),
+        }
+    }
 }
 
 fn figment_error(e: figment::Error) -> Error {

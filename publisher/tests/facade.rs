@@ -138,3 +138,20 @@ async fn config_builds_the_backend_it_describes() {
     assert_eq!(p.backend(), "memory");
     p.close().await.unwrap();
 }
+
+#[test]
+fn config_debug_never_shows_a_password() {
+    let raw = PublisherConfig::Url("redis://user:s3cret-pw@127.0.0.1:6379/0".into());
+    let shown = format!("{raw:?}");
+    assert!(!shown.contains("s3cret-pw"), "{shown}");
+    assert!(shown.contains("user:***@127.0.0.1"), "{shown}");
+    #[cfg(feature = "redis")]
+    {
+        let cfg = PublisherConfig::from_toml(
+            "[redis]\nurl = \"redis://user:s3cret-pw@127.0.0.1:6379/0\"",
+        )
+        .unwrap();
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+    }
+}
