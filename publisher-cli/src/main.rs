@@ -13,6 +13,9 @@ mod send;
 use clap::{Parser, Subcommand};
 use publisher::Publisher;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Publish events to Redis, RabbitMQ, Kafka or the console from the command line.
 #[derive(Debug, Parser)]
 #[command(name = "evpub", version, about)]

@@ -6,6 +6,7 @@
 //! order on one connection, channel or producer: many publishes are in flight per lane while
 //! the order per key is kept, and a lane is as fast as the client's own batching.
 
+use std::collections::VecDeque;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -65,6 +66,13 @@ pub struct SendArgs {
     pub receipts: Option<PathBuf>,
 }
 
+/// Lines parsed for one lane, handed over together (one wake-up per chunk, not per line).
+type Chunk = Vec<(usize, Event)>;
+
+/// Most lines in a chunk. A chunk is also handed over whenever the reader is about to wait for
+/// more input, so that a slow producer's lines are not held back.
+const CHUNK: usize = 128;
+
 #[derive(Default)]
 struct Counts {
     published: AtomicU64,
@@ -79,23 +87,31 @@ struct Lane {
     counts: Arc<Counts>,
     progress: Progress,
     receipts: Receipts,
-    maybe_sent: MaybeSent,
+    /// Set under `--retry` only.
+    maybe_sent: Option<MaybeSent>,
     stop: CancellationToken,
     endpoint: Arc<str>,
     max_batch: usize,
 }
 
 impl Lane {
-    async fn run(self, mut rx: mpsc::Receiver<(usize, Event)>) {
-        let mut batch = Vec::with_capacity(self.max_batch);
-        while let Some(first) = rx.recv().await {
-            batch.push(first);
-            while batch.len() < self.max_batch {
+    async fn run(self, mut rx: mpsc::Receiver<Chunk>) {
+        let mut queue: VecDeque<(usize, Event)> = VecDeque::new();
+        loop {
+            if queue.is_empty() {
+                match rx.recv().await {
+                    Some(chunk) => queue.extend(chunk),
+                    None => return,
+                }
+            }
+            while queue.len() < self.max_batch {
                 match rx.try_recv() {
-                    Ok(next) => batch.push(next),
+                    Ok(chunk) => queue.extend(chunk),
                     Err(_) => break,
                 }
             }
+            let n = queue.len().min(self.max_batch);
+            let mut batch: Vec<(usize, Event)> = queue.drain(..n).collect();
             if self.stop.is_cancelled() {
                 for (line, event) in batch.drain(..) {
                     self.counts.not_sent.fetch_add(1, Ordering::Relaxed);
@@ -116,7 +132,7 @@ impl Lane {
                 self.publisher.publish_batch(events).await.into_results()
             };
             for ((line, id), result) in lines.into_iter().zip(ids).zip(results) {
-                let maybe_duplicate = self.maybe_sent.take(&id);
+                let maybe_duplicate = self.maybe_sent.as_ref().is_some_and(|m| m.take(&id));
                 let outcome = match result {
                     Ok(receipt) => {
                         self.counts.published.fetch_add(1, Ordering::Relaxed);
@@ -142,6 +158,37 @@ impl Lane {
             }
         }
     }
+}
+
+/// Hands every lane its parsed lines. Returns false when the lanes are gone (they never stop
+/// before their channel closes, so only after a panic). Ctrl-C while waiting for a full lane
+/// marks the run interrupted; the lines still go, and the lane records them as not sent.
+async fn hand_over(
+    senders: &[mpsc::Sender<Chunk>],
+    pending: &mut [Chunk],
+    ctrl_c: &mut std::pin::Pin<&mut impl std::future::Future<Output = std::io::Result<()>>>,
+    interrupted: &CancellationToken,
+    gone: &AtomicU64,
+) -> bool {
+    for (tx, chunk) in senders.iter().zip(pending.iter_mut()) {
+        if chunk.is_empty() {
+            continue;
+        }
+        let permit = loop {
+            tokio::select! {
+                _ = ctrl_c.as_mut(), if !interrupted.is_cancelled() => interrupted.cancel(),
+                permit = tx.reserve() => break permit,
+            }
+        };
+        match permit {
+            Ok(permit) => permit.send(std::mem::take(chunk)),
+            Err(_) => {
+                gone.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Runs `send`; returns the process exit code.
@@ -199,14 +246,14 @@ pub async fn run(publisher: Box<dyn Publisher>, endpoint: &str, args: SendArgs) 
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..lanes {
         // Room for the next batch while one is in flight.
-        let (tx, rx) = mpsc::channel::<(usize, Event)>(max_batch.max(64));
+        let (tx, rx) = mpsc::channel::<Chunk>(2 * max_batch.div_ceil(CHUNK) + 2);
         senders.push(tx);
         let lane = Lane {
             publisher: publisher.clone(),
             counts: counts.clone(),
             progress: progress.clone(),
             receipts: receipts.clone(),
-            maybe_sent: maybe_sent.clone(),
+            maybe_sent: args.retry.then(|| maybe_sent.clone()),
             stop: interrupted.clone(),
             endpoint: endpoint.clone(),
             max_batch,
@@ -214,7 +261,8 @@ pub async fn run(publisher: Box<dyn Publisher>, endpoint: &str, args: SendArgs) 
         workers.spawn(lane.run(rx));
     }
 
-    let mut input = BufReader::new(reader);
+    let lanes_gone = AtomicU64::new(0);
+    let mut input = BufReader::with_capacity(256 * 1024, reader);
     let mut text = String::new();
     let mut line_no = 0usize;
     let mut skipped = 0u64;
@@ -222,7 +270,27 @@ pub async fn run(publisher: Box<dyn Publisher>, endpoint: &str, args: SendArgs) 
     let mut next_lane = 0usize;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let mut pending: Vec<Chunk> = (0..lanes).map(|_| Vec::new()).collect();
+    let mut bytes_read = 0u64;
     loop {
+        if interrupted.is_cancelled() {
+            break;
+        }
+        if input.buffer().is_empty() {
+            // The next read may wait: hand over what is parsed first.
+            progress.read(std::mem::take(&mut bytes_read));
+            if !hand_over(
+                &senders,
+                &mut pending,
+                &mut ctrl_c,
+                &interrupted,
+                &lanes_gone,
+            )
+            .await
+            {
+                break;
+            }
+        }
         text.clear();
         let read = tokio::select! {
             _ = &mut ctrl_c => {
@@ -233,7 +301,7 @@ pub async fn run(publisher: Box<dyn Publisher>, endpoint: &str, args: SendArgs) 
         };
         match read {
             Ok(0) => break,
-            Ok(n) => progress.read(n as u64),
+            Ok(n) => bytes_read += n as u64,
             Err(e) => {
                 progress.say(format!(
                     "evpub: reading input failed after line {line_no}: {e}"
@@ -281,15 +349,31 @@ pub async fn run(publisher: Box<dyn Publisher>, endpoint: &str, args: SendArgs) 
                 next_lane
             }
         };
-        let send = senders[lane].send((line_no, event));
-        tokio::select! {
-            _ = &mut ctrl_c => {
-                interrupted.cancel();
-                break;
-            }
-            r = send => if r.is_err() { break },
+        pending[lane].push((line_no, event));
+        if pending[lane].len() >= CHUNK
+            && !hand_over(
+                &senders,
+                &mut pending,
+                &mut ctrl_c,
+                &interrupted,
+                &lanes_gone,
+            )
+            .await
+        {
+            break;
         }
     }
+    // What was read before the end (or an interruption, or a fatal line) goes to the lanes,
+    // which publish it, or record it as not sent when interrupted.
+    progress.read(bytes_read);
+    hand_over(
+        &senders,
+        &mut pending,
+        &mut ctrl_c,
+        &interrupted,
+        &lanes_gone,
+    )
+    .await;
     drop(senders);
     loop {
         tokio::select! {
