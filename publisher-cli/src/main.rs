@@ -21,7 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "evpub", version, about)]
 struct Cli {
     /// Where to publish: console://stdout, console://stderr, console:///file, memory://,
-    /// redis://…, rediss://…, amqp://…, amqps://…, kafka://host:port[,host:port]. A password
+    /// redis://…, rediss://…, amqp://…, amqps://…, kafka://host:port,… (several brokers). A password
     /// in it is never printed.
     #[arg(
         long,
