@@ -129,6 +129,11 @@ fn position_json(position: &Position) -> Value {
         }
         Position::DeliveryTag(tag) => json!({ "delivery_tag": tag }),
         Position::Sequence(n) => json!({ "sequence": n }),
+        Position::Stream {
+            stream,
+            sequence,
+            duplicate,
+        } => json!({ "stream": stream, "sequence": sequence, "duplicate": duplicate }),
         _ => Value::Null,
     }
 }

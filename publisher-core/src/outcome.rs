@@ -28,6 +28,17 @@ pub enum Position {
     DeliveryTag(u64),
     /// A sequence number assigned by the publisher (memory, console).
     Sequence(u64),
+    /// A stream and the sequence it gave the event (NATS JetStream). `duplicate`: the stream
+    /// already held an event with this id (within its duplicate window) and stored nothing
+    /// new; `sequence` is then the earlier copy's.
+    Stream {
+        /// The stream's name.
+        stream: String,
+        /// The event's sequence in the stream.
+        sequence: u64,
+        /// Whether the stream took it as a duplicate.
+        duplicate: bool,
+    },
 }
 
 /// Proof that the broker confirmed one event.

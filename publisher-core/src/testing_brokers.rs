@@ -6,7 +6,8 @@
 //! 2. The local default port, when it answers.
 //! 3. With the feature `testcontainers`, where a Docker engine answers: a container of the
 //!    broker's image, named `publisher-test-<broker>` and reused by later runs (remove it with
-//!    `docker rm -f publisher-test-redis publisher-test-rabbitmq publisher-test-kafka`).
+//!    `docker rm -f publisher-test-redis publisher-test-rabbitmq publisher-test-kafka
+//!    publisher-test-nats`).
 //! 4. Kafka only, outside CI: librdkafka's in-process mock cluster (`publisher-kafka`'s
 //!    `testing::EmbeddedKafka`).
 //! 5. Otherwise the backend's tests are skipped with one line on the terminal naming the
@@ -24,10 +25,12 @@ pub enum Broker {
     RabbitMq,
     /// Kafka, `127.0.0.1:9092` by default.
     Kafka,
+    /// NATS with JetStream, `nats://127.0.0.1:4222` by default.
+    Nats,
 }
 
 impl Broker {
-    const ALL: [Broker; 3] = [Broker::Redis, Broker::RabbitMq, Broker::Kafka];
+    const ALL: [Broker; 4] = [Broker::Redis, Broker::RabbitMq, Broker::Kafka, Broker::Nats];
 
     /// The broker's name in messages.
     pub fn name(self) -> &'static str {
@@ -35,6 +38,7 @@ impl Broker {
             Broker::Redis => "Redis",
             Broker::RabbitMq => "RabbitMQ",
             Broker::Kafka => "Kafka",
+            Broker::Nats => "NATS",
         }
     }
 
@@ -44,6 +48,7 @@ impl Broker {
             Broker::Redis => "PUBLISHER_TEST_REDIS_URL",
             Broker::RabbitMq => "PUBLISHER_TEST_AMQP_URL",
             Broker::Kafka => "PUBLISHER_TEST_KAFKA_BROKERS",
+            Broker::Nats => "PUBLISHER_TEST_NATS_URL",
         }
     }
 
@@ -53,6 +58,7 @@ impl Broker {
             Broker::Redis => "redis://127.0.0.1:6379",
             Broker::RabbitMq => "amqp://guest:guest@127.0.0.1:5672/%2f",
             Broker::Kafka => "127.0.0.1:9092",
+            Broker::Nats => "nats://127.0.0.1:4222",
         }
     }
 
@@ -68,8 +74,12 @@ impl Broker {
 /// # Panics
 /// When the broker's variable is set and nothing answers at its address.
 pub fn find_broker(broker: Broker) -> Result<String, String> {
-    static FOUND: [OnceLock<Result<String, String>>; 3] =
-        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static FOUND: [OnceLock<Result<String, String>>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
     FOUND[broker.index()]
         .get_or_init(|| {
             if let Some(address) =
@@ -185,6 +195,7 @@ mod containers {
     use testcontainers::runners::AsyncRunner;
     use testcontainers::{ImageExt, ReuseDirective};
     use testcontainers_modules::kafka::apache::{KAFKA_PORT, Kafka};
+    use testcontainers_modules::nats::{Nats, NatsServerCmd};
     use testcontainers_modules::rabbitmq::RabbitMq;
     use testcontainers_modules::redis::{REDIS_PORT, Redis};
 
@@ -241,6 +252,17 @@ mod containers {
                     .map_err(no_docker)?;
                 let port = c.get_host_port_ipv4(KAFKA_PORT).await.map_err(no_docker)?;
                 format!("127.0.0.1:{port}")
+            }
+            Broker::Nats => {
+                let c = Nats::default()
+                    .with_cmd(&NatsServerCmd::default().with_jetstream())
+                    .with_container_name(name)
+                    .with_reuse(ReuseDirective::Always)
+                    .start()
+                    .await
+                    .map_err(no_docker)?;
+                let port = c.get_host_port_ipv4(4222).await.map_err(no_docker)?;
+                format!("nats://127.0.0.1:{port}")
             }
         })
     }

@@ -16,6 +16,8 @@ const SCHEMES: &[(&str, Option<&str>)] = &[
     ("amqp", Some("amqp")),
     ("amqps", Some("amqp-tls")),
     ("kafka", Some("kafka")),
+    ("nats", Some("nats")),
+    ("tls", Some("nats")),
 ];
 
 fn enabled(feature: Option<&str>) -> bool {
@@ -27,6 +29,7 @@ fn enabled(feature: Option<&str>) -> bool {
         Some("amqp") => cfg!(feature = "amqp"),
         Some("amqp-tls") => cfg!(feature = "amqp-tls"),
         Some("kafka") => cfg!(feature = "kafka"),
+        Some("nats") => cfg!(feature = "nats"),
         Some(_) => false,
     }
 }
@@ -49,6 +52,7 @@ pub fn enabled_schemes() -> Vec<&'static str> {
 /// | `redis://`, `rediss://` | Redis | `redis`, `redis-tls` |
 /// | `amqp://`, `amqps://` | RabbitMQ | `amqp`, `amqp-tls` |
 /// | `kafka://host:port[,host:port…]` | Kafka | `kafka` |
+/// | `nats://`, `tls://` | NATS JetStream | `nats` |
 ///
 /// Each backend's URL parameters are documented on its config's `from_url`.
 ///
@@ -129,6 +133,12 @@ async fn build(scheme: &str, url: &str) -> Result<Box<dyn Publisher>> {
         #[cfg(feature = "kafka")]
         "kafka" => {
             return Ok(Box::new(publisher_kafka::KafkaPublisher::from_url(url)?));
+        }
+        #[cfg(feature = "nats")]
+        "nats" | "tls" => {
+            return Ok(Box::new(
+                publisher_nats::NatsPublisher::from_url(url).await?,
+            ));
         }
         _ => {}
     }

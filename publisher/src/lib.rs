@@ -25,6 +25,10 @@ pub use publisher_amqp as amqp;
 #[cfg(feature = "kafka")]
 pub use publisher_kafka as kafka;
 
+/// The NATS JetStream backend (feature `nats`).
+#[cfg(feature = "nats")]
+pub use publisher_nats as nats;
+
 /// The workspace README's example, compiled and run as a doctest.
 #[cfg(all(doctest, feature = "console"))]
 #[doc = include_str!("../../README.md")]

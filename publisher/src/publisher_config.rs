@@ -42,6 +42,9 @@ pub enum PublisherConfig {
     /// The Kafka backend.
     #[cfg(feature = "kafka")]
     Kafka(publisher_kafka::KafkaConfig),
+    /// The NATS JetStream backend.
+    #[cfg(feature = "nats")]
+    Nats(publisher_nats::NatsConfig),
 }
 
 /// Every backend's config redacts its own secrets; a raw URL shows with its password hidden.
@@ -61,6 +64,8 @@ impl std::fmt::Debug for PublisherConfig {
             PublisherConfig::Amqp(c) => f.debug_tuple("Amqp").field(c).finish(),
             #[cfg(feature = "kafka")]
             PublisherConfig::Kafka(c) => f.debug_tuple("Kafka").field(c).finish(),
+            #[cfg(feature = "nats")]
+            PublisherConfig::Nats(c) => f.debug_tuple("Nats").field(c).finish(),
         }
     }
 }
@@ -150,6 +155,13 @@ impl PublisherConfig {
                 publisher_kafka::KafkaPublisher::builder()
                     .config(c)
                     .build()?,
+            )),
+            #[cfg(feature = "nats")]
+            PublisherConfig::Nats(c) => Ok(Box::new(
+                publisher_nats::NatsPublisher::builder()
+                    .config(c)
+                    .build()
+                    .await?,
             )),
         }
     }

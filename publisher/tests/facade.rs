@@ -33,12 +33,12 @@ async fn console_url_builds_a_working_publisher() {
 
 #[tokio::test]
 async fn unknown_scheme_lists_the_enabled_ones() {
-    let err = publisher::from_url("nats://localhost:4222")
+    let err = publisher::from_url("mqtt://localhost:1883")
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     assert_eq!(err.field(), Some("url"));
-    assert!(err.message().contains("unknown scheme `nats://`"), "{err}");
+    assert!(err.message().contains("unknown scheme `mqtt://`"), "{err}");
     assert!(err.message().contains("memory://"), "{err}");
     let err = publisher::from_url("just words").await.unwrap_err();
     assert_eq!(err.field(), Some("url"));
@@ -56,6 +56,8 @@ async fn compiled_out_backend_names_its_feature() {
         ("rediss://localhost?mode=nope", "rediss", "redis-tls"),
         ("amqp://localhost?heartbeat=0", "amqp", "amqp"),
         ("amqps://localhost?heartbeat=0", "amqps", "amqp-tls"),
+        ("nats://localhost?max_ack_inflight=0", "nats", "nats"),
+        ("tls://localhost?max_ack_inflight=0", "tls", "nats"),
     ] {
         let err = publisher::from_url(url).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config, "{url}: {err}");

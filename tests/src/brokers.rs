@@ -17,6 +17,8 @@ pub enum Backend {
     Amqp,
     /// Kafka.
     Kafka,
+    /// NATS JetStream.
+    Nats,
 }
 
 impl Backend {
@@ -26,6 +28,7 @@ impl Backend {
             Backend::Redis => Broker::Redis,
             Backend::Amqp => Broker::RabbitMq,
             Backend::Kafka => Broker::Kafka,
+            Backend::Nats => Broker::Nats,
         }
     }
 
@@ -46,6 +49,7 @@ impl fmt::Display for Backend {
             Backend::Redis => "redis",
             Backend::Amqp => "amqp",
             Backend::Kafka => "kafka",
+            Backend::Nats => "nats",
         })
     }
 }

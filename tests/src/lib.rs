@@ -76,6 +76,17 @@ pub mod suites {
         ))
     }
 
+    /// NATS JetStream, read back from a stream per subject.
+    pub async fn nats() -> Option<Suite<publisher_nats::testing::StreamProbe>> {
+        let ep = endpoint(Backend::Nats).await?;
+        let url = ep.url();
+        Some(Suite::new(
+            publisher_nats::testing::StreamProbe::new(ep.address.clone()),
+            url,
+            Some(ep),
+        ))
+    }
+
     /// The console writing JSON lines to a file.
     pub async fn console() -> Option<Suite<FileProbe>> {
         let probe = FileProbe::new();

@@ -35,4 +35,5 @@ suite!(redis_stream);
 suite!(redis_pubsub);
 suite!(amqp);
 suite!(kafka);
+suite!(nats);
 suite!(console);

@@ -55,7 +55,9 @@ async fn build(backend: Backend, url: String) -> Box<dyn Publisher> {
             heartbeat: Duration::from_secs(2),
             ..publisher::amqp::AmqpConfig::from_url(&url).unwrap()
         }),
-        Backend::Kafka => unreachable!("Kafka faults run on librdkafka's mock cluster"),
+        Backend::Kafka | Backend::Nats => {
+            unreachable!("Kafka and NATS faults run in their own crates' history suites")
+        }
     };
     config.build().await.unwrap()
 }
@@ -64,7 +66,7 @@ async fn probe_for(backend: Backend, address: &str) -> Box<dyn Probe> {
     match backend {
         Backend::Redis => Box::new(publisher_redis::testing::StreamProbe::new(address)),
         Backend::Amqp => Box::new(publisher_amqp::testing::QueueProbe::new(address)),
-        Backend::Kafka => unreachable!(),
+        Backend::Kafka | Backend::Nats => unreachable!(),
     }
 }
 

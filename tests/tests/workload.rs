@@ -158,4 +158,4 @@ macro_rules! scenarios {
     };
 }
 
-scenarios!(redis_stream, amqp, kafka);
+scenarios!(redis_stream, amqp, kafka, nats);

@@ -1,0 +1,284 @@
+//! [`NatsPublisher`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::connection::State;
+use async_nats::jetstream::context::{Context, ContextBuilder};
+use publisher_core::{
+    Backend, BatchResults, Error, Event, Health, Lifecycle, Position, Result, Teardown,
+};
+
+use crate::BACKEND;
+use crate::config::{NatsConfig, redact};
+use crate::error::{from_connect, no_ack, not_sent};
+use crate::mapping::{headers, validate};
+
+/// Publishes to NATS JetStream through one async-nats client (one connection, which async-nats
+/// reconnects by itself).
+///
+/// `publish` returns Ok only once JetStream's PubAck arrived: the receipt carries the stream,
+/// the sequence and whether JetStream took the event as a duplicate of one it already held
+/// (same event id within the stream's duplicate window: stored once). Publishes from one
+/// publisher are sent in order on one connection, so a stream stores them in publish order.
+pub struct NatsPublisher {
+    inner: Arc<Inner>,
+    lifecycle: Lifecycle,
+}
+
+impl std::fmt::Debug for NatsPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsPublisher")
+            .field("config", &self.inner.config)
+            .field("closed", &self.lifecycle.is_closed())
+            .finish()
+    }
+}
+
+struct Inner {
+    config: NatsConfig,
+    /// The server, password or token hidden, for messages.
+    endpoint: String,
+    client: async_nats::Client,
+    jetstream: Context,
+    /// A client the caller lent is never drained or closed by us.
+    lent: bool,
+}
+
+/// Builds a [`NatsPublisher`]. Setters never fail; [`NatsPublisherBuilder::build`] validates
+/// everything at once and connects.
+#[derive(Debug, Default)]
+pub struct NatsPublisherBuilder {
+    config: NatsConfig,
+    client: Option<async_nats::Client>,
+}
+
+impl NatsPublisherBuilder {
+    /// Starts from `config`.
+    pub fn config(mut self, config: NatsConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The server URL (see [`NatsConfig::url`]).
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.config.url = url.into();
+        self
+    }
+
+    /// The timeouts.
+    pub fn timeouts(mut self, timeouts: publisher_core::Timeouts) -> Self {
+        self.config.timeouts = timeouts;
+        self
+    }
+
+    /// Publishes through a client the caller owns: it is never drained or closed by us.
+    pub fn client(mut self, client: async_nats::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Validates and connects (bounded by the connect timeout).
+    ///
+    /// # Errors
+    /// `Config` naming the field at fault; `Connect`, `Timeout` or `Rejected` (credentials
+    /// refused) when the server cannot be used.
+    pub async fn build(self) -> Result<NatsPublisher> {
+        let config = self.config;
+        config.validate()?;
+        let endpoint = redact(&config.url);
+        let (client, lent) = match self.client {
+            Some(client) => (client, true),
+            None => {
+                let (options, address) = config.connect_options().await?;
+                let connect = options.connect(address.as_str());
+                let client = tokio::time::timeout(config.timeouts.connect, connect)
+                    .await
+                    .map_err(|_| {
+                        Error::timeout(
+                            BACKEND,
+                            &format!("connecting to NATS at {endpoint}"),
+                            config.timeouts.connect,
+                        )
+                    })?
+                    .map_err(|e| from_connect(e, &endpoint))?;
+                (client, false)
+            }
+        };
+        let jetstream = ContextBuilder::new()
+            .timeout(config.timeouts.publish)
+            .ack_timeout(config.timeouts.publish)
+            .max_ack_inflight(config.max_ack_inflight)
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        // The gate exists once connected: a publisher that could not be built was never open.
+        let lifecycle = Lifecycle::new(BACKEND, config.timeouts.close);
+        Ok(NatsPublisher {
+            inner: Arc::new(Inner {
+                config,
+                endpoint,
+                client,
+                jetstream,
+                lent,
+            }),
+            lifecycle,
+        })
+    }
+}
+
+impl NatsPublisher {
+    /// A builder with [`NatsConfig::default`].
+    pub fn builder() -> NatsPublisherBuilder {
+        NatsPublisherBuilder::default()
+    }
+
+    /// Connects with a `nats://` or `tls://` URL (see [`NatsConfig::from_url`]).
+    ///
+    /// # Errors
+    /// As [`NatsPublisherBuilder::build`].
+    pub async fn from_url(url: &str) -> Result<Self> {
+        Self::builder()
+            .config(NatsConfig::from_url(url)?)
+            .build()
+            .await
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &NatsConfig {
+        &self.inner.config
+    }
+}
+
+impl Inner {
+    fn max_payload(&self) -> usize {
+        match self.client.server_info().max_payload {
+            0 => 1024 * 1024,
+            n => n,
+        }
+    }
+
+    /// Hands the message to the client (it is then sent, now or on reconnection) and returns
+    /// the wait for its PubAck.
+    async fn send(
+        &self,
+        event: &Event,
+    ) -> Result<async_nats::jetstream::context::PublishAckFuture> {
+        self.jetstream
+            .publish_with_headers(
+                event.topic().to_owned(),
+                headers(event),
+                event.payload().clone(),
+            )
+            .await
+            .map_err(not_sent)
+    }
+
+    async fn acked(
+        &self,
+        ack: async_nats::jetstream::context::PublishAckFuture,
+        subject: &str,
+    ) -> Result<Position> {
+        let ack = ack.await.map_err(|e| no_ack(e, subject))?;
+        Ok(Position::Stream {
+            stream: ack.stream,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+}
+
+impl Backend for Inner {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn publish_timeout(&self) -> Duration {
+        self.config.timeouts.publish
+    }
+
+    fn check(&self, event: &Event) -> Result<()> {
+        validate(event, self.max_payload())
+    }
+
+    async fn publish(&self, event: &Event) -> Result<Position> {
+        validate(event, self.max_payload())?;
+        let ack = self.send(event).await?;
+        self.acked(ack, event.topic()).await
+    }
+
+    async fn publish_batch(&self, events: &[Event], results: &BatchResults) -> Result<()> {
+        let max = self.max_payload();
+        let mut pending = Vec::with_capacity(events.len());
+        // Sent in order, one after the other, then every PubAck awaited at once.
+        for (i, event) in events.iter().enumerate() {
+            if let Err(e) = validate(event, max) {
+                results.set(i, Err(e));
+                continue;
+            }
+            match self.send(event).await {
+                Ok(ack) => pending.push((i, ack)),
+                Err(e) => results.set(i, Err(e)),
+            }
+        }
+        let acks = pending.into_iter().map(|(i, ack)| async move {
+            results.set(i, self.acked(ack, events[i].topic()).await);
+        });
+        futures::future::join_all(acks).await;
+        Ok(())
+    }
+
+    async fn health(&self) -> Health {
+        if self.client.connection_state() != State::Connected {
+            return Health::unhealthy(
+                BACKEND,
+                format!("not connected to NATS at {}", self.endpoint),
+            );
+        }
+        let timeout = self.config.timeouts.health;
+        let started = Instant::now();
+        // JetStream's account info request: answered only where JetStream is enabled for us.
+        let ask = self.client.request("$JS.API.INFO", bytes::Bytes::new());
+        match tokio::time::timeout(timeout, ask).await {
+            Ok(Ok(reply)) => {
+                let text = String::from_utf8_lossy(&reply.payload);
+                if text.contains("\"error\"") {
+                    Health::unhealthy(
+                        BACKEND,
+                        format!("JetStream at {} refused: {text}", self.endpoint),
+                    )
+                } else {
+                    Health::healthy(BACKEND, Some(started.elapsed()), "JetStream answered")
+                }
+            }
+            Ok(Err(e)) => Health::unhealthy(
+                BACKEND,
+                format!("JetStream at {} did not answer: {e}", self.endpoint),
+            ),
+            Err(_) => Health::unhealthy(
+                BACKEND,
+                format!(
+                    "no JetStream answer from {} within the health timeout ({timeout:?})",
+                    self.endpoint
+                ),
+            ),
+        }
+    }
+
+    async fn teardown(self: Arc<Self>, td: Teardown) -> Result<usize> {
+        if self.lent {
+            return Ok(0);
+        }
+        let limit = td.remaining().max(Duration::from_millis(100));
+        // Drain: what the client holds is written, then the connection closes.
+        match tokio::time::timeout(limit, self.client.drain()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(backend = BACKEND, error = %e, "draining the NATS client")
+            }
+            Err(_) => tracing::warn!(backend = BACKEND, "draining the NATS client timed out"),
+        }
+        Ok(0)
+    }
+}
+
+publisher_core::gated_publisher!(NatsPublisher);
