@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use publisher::Bytes;
-use publisher_benchmarks::raw::{RawAmqp, RawConsole, RawKafka, RawRedis};
+use publisher_benchmarks::raw::{RawAmqp, RawConsole, RawKafka, RawNats, RawRedis};
 use publisher_benchmarks::report::{self, Row};
 use publisher_benchmarks::soak::{self, Soak};
 use publisher_benchmarks::target::{Backend, Target};
@@ -71,6 +71,7 @@ async fn raw_sink(t: &Target) -> Result<Arc<dyn Sink>, String> {
         Backend::Redis => Arc::new(RawRedis::connect(&t.address).await?),
         Backend::Amqp => Arc::new(RawAmqp::connect(&t.address).await?),
         Backend::Kafka => Arc::new(RawKafka::new(&t.address)?),
+        Backend::Nats => Arc::new(RawNats::connect(&t.address).await?),
     })
 }
 
@@ -89,6 +90,7 @@ async fn prepare(t: &Target) -> Result<String, String> {
         Backend::Kafka => publisher_kafka::testing::create_topic(&t.address, &topic, 3)
             .await
             .map_err(|e| e.to_string())?,
+        Backend::Nats => nats_stream(&t.address, &topic).await?,
         _ => {}
     }
     Ok(topic)
@@ -116,6 +118,15 @@ async fn drain(t: &Target, topic: &str) {
             let _ = std::fs::remove_file(format!("{}.raw", t.address));
         }
         Backend::Kafka => {}
+        Backend::Nats => {
+            if let Ok(js) = publisher_nats::testing::connect(&t.address).await
+                && let Ok(stream) = js
+                    .get_stream(publisher_nats::testing::stream_name(topic))
+                    .await
+            {
+                let _ = stream.purge().await;
+            }
+        }
     }
 }
 
@@ -128,8 +139,25 @@ async fn cleanup(t: &Target, topic: &str) {
             }
         }
         Backend::Kafka => publisher_kafka::testing::delete_topic(&t.address, topic).await,
+        Backend::Nats => {
+            if let Ok(js) = publisher_nats::testing::connect(&t.address).await {
+                let _ = js
+                    .delete_stream(publisher_nats::testing::stream_name(topic))
+                    .await;
+            }
+        }
         _ => {}
     }
+}
+
+/// A stream capturing `topic` (the subject both sides publish to).
+async fn nats_stream(address: &str, topic: &str) -> Result<(), String> {
+    let js = publisher_nats::testing::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    publisher_nats::testing::create_stream(&js, topic)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn measure(
@@ -198,6 +226,7 @@ async fn main() {
             Backend::Redis,
             Backend::Amqp,
             Backend::Kafka,
+            Backend::Nats,
         ]
     } else {
         cli.backend.clone()

@@ -325,3 +325,64 @@ impl Sink for RawConsole {
         Box::pin(async move { self.write(topic, &payload, n, true) })
     }
 }
+
+/// async-nats: one client and JetStream context (acks awaited; `Nats-Msg-Id` carries the id);
+/// batches sent in order, then every PubAck awaited at once.
+pub struct RawNats(pub async_nats::jetstream::Context);
+
+impl RawNats {
+    /// Connects.
+    pub async fn connect(url: &str) -> Result<Self, String> {
+        let client = async_nats::connect(url.trim_start_matches("nats://"))
+            .await
+            .map_err(err)?;
+        Ok(Self(async_nats::jetstream::new(client)))
+    }
+
+    fn headers() -> async_nats::HeaderMap {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(publisher_nats::mapping::HEADER_ID, id().as_str());
+        h.insert(
+            publisher_nats::mapping::HEADER_TIMESTAMP,
+            now_ms().to_string().as_str(),
+        );
+        h
+    }
+}
+
+impl Sink for RawNats {
+    fn one<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .publish_with_headers(topic.to_owned(), Self::headers(), payload)
+                .await
+                .map_err(err)?
+                .await
+                .map(|_| ())
+                .map_err(err)
+        })
+    }
+
+    fn batch<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Bytes,
+        n: usize,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let mut acks = Vec::with_capacity(n);
+            for _ in 0..n {
+                acks.push(
+                    self.0
+                        .publish_with_headers(topic.to_owned(), Self::headers(), payload.clone())
+                        .await
+                        .map_err(err)?,
+                );
+            }
+            for r in futures::future::join_all(acks.into_iter().map(|a| a.into_future())).await {
+                r.map_err(err)?;
+            }
+            Ok(())
+        })
+    }
+}

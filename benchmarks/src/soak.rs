@@ -126,6 +126,14 @@ impl Soak {
             Backend::Kafka => publisher_kafka::testing::create_topic(&target.address, &topic, 3)
                 .await
                 .map_err(|e| e.to_string())?,
+            Backend::Nats => {
+                let js = publisher_nats::testing::connect(&target.address)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                publisher_nats::testing::create_stream(&js, &topic)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             Backend::Redis | Backend::Console => {}
         }
         Ok(Self { target, tag, topic })
@@ -138,6 +146,7 @@ impl Soak {
             Backend::Redis => format!("{base}{sep}maxlen=10000"),
             Backend::Amqp => format!("{base}{sep}connection_name={}", self.tag),
             Backend::Kafka => format!("{base}{sep}client.id={}", self.tag),
+            Backend::Nats => format!("{base}{sep}connection_name={}", self.tag),
             Backend::Console => base,
         }
     }
@@ -168,8 +177,8 @@ impl Soak {
                         .count()
                 })
             }
-            // Kafka and console connections are this process's descriptors.
-            Backend::Kafka | Backend::Console => None,
+            // Kafka, NATS and console connections are this process's descriptors.
+            Backend::Kafka | Backend::Nats | Backend::Console => None,
         }
     }
 
@@ -349,6 +358,13 @@ impl Soak {
             }
             Backend::Kafka => {
                 publisher_kafka::testing::delete_topic(&self.target.address, &self.topic).await;
+            }
+            Backend::Nats => {
+                if let Ok(js) = publisher_nats::testing::connect(&self.target.address).await {
+                    let _ = js
+                        .delete_stream(publisher_nats::testing::stream_name(&self.topic))
+                        .await;
+                }
             }
             Backend::Console => {
                 let _ = std::fs::remove_file(&self.target.address);

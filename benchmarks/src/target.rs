@@ -13,6 +13,8 @@ pub enum Backend {
     Amqp,
     /// Kafka with acks=all.
     Kafka,
+    /// NATS JetStream, PubAcks awaited.
+    Nats,
 }
 
 impl fmt::Display for Backend {
@@ -22,6 +24,7 @@ impl fmt::Display for Backend {
             Backend::Redis => "redis",
             Backend::Amqp => "amqp",
             Backend::Kafka => "kafka",
+            Backend::Nats => "nats",
         })
     }
 }
@@ -55,6 +58,7 @@ impl Target {
             Backend::Redis => Broker::Redis,
             Backend::Amqp => Broker::RabbitMq,
             Backend::Kafka => Broker::Kafka,
+            Backend::Nats => Broker::Nats,
         };
         match publisher_core::testing::find_broker(broker) {
             Ok(address) => Some(Target { backend, address }),
@@ -75,6 +79,7 @@ impl Target {
             }
             Backend::Amqp => self.address.clone(),
             Backend::Kafka => format!("kafka://{}", self.address),
+            Backend::Nats => self.address.clone(),
         }
     }
 }

@@ -16,13 +16,13 @@ use publisher::Publisher;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Publish events to Redis, RabbitMQ, Kafka or the console from the command line.
+/// Publish events to Redis, RabbitMQ, Kafka, NATS JetStream or the console from the command line.
 #[derive(Debug, Parser)]
 #[command(name = "evpub", version, about)]
 struct Cli {
     /// Where to publish: console://stdout, console://stderr, console:///file, memory://,
-    /// redis://…, rediss://…, amqp://…, amqps://…, kafka://host:port,… (several brokers). A password
-    /// in it is never printed.
+    /// redis://…, rediss://…, amqp://…, amqps://…, kafka://host:port,… (several brokers),
+    /// nats://…, tls://…. A password in it is never printed.
     #[arg(
         long,
         global = true,

@@ -41,6 +41,8 @@ struct Inner {
     endpoint: String,
     client: async_nats::Client,
     jetstream: Context,
+    /// The server's `max_payload`, from its INFO at connect (1 MiB when it gave none).
+    max_payload: usize,
     /// A client the caller lent is never drained or closed by us.
     lent: bool,
 }
@@ -111,6 +113,10 @@ impl NatsPublisherBuilder {
             .max_ack_inflight(config.max_ack_inflight)
             .backpressure_on_inflight(true)
             .build(client.clone());
+        let max_payload = match client.server_info().max_payload {
+            0 => 1024 * 1024,
+            n => n,
+        };
         // The gate exists once connected: a publisher that could not be built was never open.
         let lifecycle = Lifecycle::new(BACKEND, config.timeouts.close);
         Ok(NatsPublisher {
@@ -119,6 +125,7 @@ impl NatsPublisherBuilder {
                 endpoint,
                 client,
                 jetstream,
+                max_payload,
                 lent,
             }),
             lifecycle,
@@ -151,10 +158,7 @@ impl NatsPublisher {
 
 impl Inner {
     fn max_payload(&self) -> usize {
-        match self.client.server_info().max_payload {
-            0 => 1024 * 1024,
-            n => n,
-        }
+        self.max_payload
     }
 
     /// Hands the message to the client (it is then sent, now or on reconnection) and returns
