@@ -108,7 +108,7 @@ fn missing_topic_unreadable_file_unknown_scheme_and_disabled_feature_are_one_lin
     assert!(text(&out.stderr).contains("cannot read /definitely/not/here.jsonl"));
 
     for (url, needle) in [
-        ("nats://localhost", "unknown scheme `nats://`"),
+        ("mqtt://localhost", "unknown scheme `mqtt://`"),
         ("redis://localhost?mode=carrier-pigeon", "unknown mode"),
     ] {
         let out = evpub(&["--url", url, "send"], "");

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 pub use crate::testing_brokers::{
-    Broker, answers, configured_or_local, find_broker, is_ci, notice, skip,
+    Broker, answers, configured_or_local, find_broker, is_ci, notice, report_skips, skip,
 };
 pub use crate::testing_history::{
     BadEvent, Faults, History, Intent, Record, Verdict, publish_batches, publish_each,

@@ -11,7 +11,8 @@
 //! 4. Kafka only, outside CI: librdkafka's in-process mock cluster (`publisher-kafka`'s
 //!    `testing::EmbeddedKafka`).
 //! 5. Otherwise the backend's tests are skipped with one line on the terminal naming the
-//!    variable to set; under `CI=true` that is a failure.
+//!    variable to set, and the run ends with the list of what it skipped ([`report_skips`]);
+//!    under `CI=true` that is a failure.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -164,19 +165,94 @@ pub fn skip(backend: &str, var: &str, why: &str) {
         !is_ci(),
         "{line}; under CI=true a skipped backend is a failure"
     );
-    notice(&line);
+    if notice(&line) {
+        record_skip(&line);
+    }
+}
+
+/// Where this `cargo test` run's skips are collected: one file per run, named by the parent
+/// process (cargo, which starts every test binary of the run).
+fn skips_file() -> Option<std::path::PathBuf> {
+    #[cfg(unix)]
+    {
+        Some(std::env::temp_dir().join(format!(
+            "publisher-test-skips-{}.log",
+            std::os::unix::process::parent_id()
+        )))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// Adds `line` to the run's skips, with the test binary that skipped.
+fn record_skip(line: &str) {
+    use std::io::Write;
+    let Some(path) = skips_file() else { return };
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| {
+            s.rsplit_once('-')
+                .map_or(s.clone(), |(name, _hash)| name.to_owned())
+        })
+        .unwrap_or_default();
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}\t{binary}");
+    }
+}
+
+/// Lists the skips every test binary of this `cargo test` run recorded, one line per reason
+/// with the binaries it skipped, and forgets them. The workspace calls it from its last test
+/// binary, so that a run with missing brokers ends with what it did not test.
+pub fn report_skips() {
+    use std::io::Write;
+    let Some(path) = skips_file() else { return };
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let _ = std::fs::remove_file(&path);
+    let mut reasons: Vec<(String, Vec<String>)> = Vec::new();
+    for entry in text.lines() {
+        let (line, binary) = entry.split_once('\t').unwrap_or((entry, ""));
+        match reasons.iter_mut().find(|(l, _)| l == line) {
+            Some((_, binaries)) => binaries.push(binary.to_owned()),
+            None => reasons.push((line.to_owned(), vec![binary.to_owned()])),
+        }
+    }
+    if reasons.is_empty() {
+        return;
+    }
+    let mut out = std::io::stderr().lock();
+    let _ = writeln!(out, "\nskipped in this run:");
+    for (line, binaries) in reasons {
+        let _ = writeln!(
+            out,
+            "  {line}; {} test binaries: {}",
+            binaries.len(),
+            binaries.join(", ")
+        );
+    }
 }
 
 /// Writes `line` once per process to the terminal's stderr, not through `eprintln!`, which the
 /// test harness captures (and hides) for passing tests.
-pub fn notice(line: &str) {
+/// Returns whether it was said now (false when it had been already).
+pub fn notice(line: &str) -> bool {
     use std::io::Write;
     static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
-    if !said.iter().any(|l| l == line) {
-        let _ = writeln!(std::io::stderr(), "{line}");
-        said.push(line.to_owned());
+    if said.iter().any(|l| l == line) {
+        return false;
     }
+    let _ = writeln!(std::io::stderr(), "{line}");
+    said.push(line.to_owned());
+    true
 }
 
 #[cfg(not(feature = "testcontainers"))]
