@@ -1236,24 +1236,51 @@ pub async fn history_broker_restart(h: &dyn Harness) {
 
 /// Runs every scenario in turn.
 pub async fn run_all(h: &dyn Harness) {
-    publish_and_read_back(h).await;
-    batch_results_per_event(h).await;
-    concurrent_publishes_all_delivered(h).await;
-    close_is_idempotent_and_concurrent(h).await;
-    publish_after_close_is_closed(h).await;
-    close_during_publishes_loses_nothing(h).await;
-    health_reflects_state(h).await;
-    invalid_event_is_typed(h).await;
-    drop_without_close_leaves_no_task(h).await;
-    history_mixed_c1(h).await;
-    history_mixed_c64(h).await;
-    history_mixed_c1024(h).await;
-    history_mixed_batches(h).await;
-    history_oversized_among_small(h).await;
-    history_connection_cut(h).await;
-    history_stall_past_publish_timeout(h).await;
-    history_close_deadline_in_flight(h).await;
-    history_broker_restart(h).await;
+    macro_rules! run {
+        ($scenario:ident) => {
+            $scenario(h).await;
+        };
+    }
+    crate::for_each_scenario!(all: run);
+}
+
+/// The scenario list, once: calls the macro `$callback!(scenario)` for each scenario of the
+/// suite, in order. `conformance:` lists the conformance scenarios, `history:` the history
+/// ones, `all:` both. [`run_all`], [`conformance_tests!`](crate::conformance_tests) and the
+/// facade's suite in `tests/` all expand it, so a scenario added here runs everywhere.
+///
+/// ```ignore
+/// macro_rules! show { ($s:ident) => { println!("{}", stringify!($s)); }; }
+/// publisher_core::for_each_scenario!(conformance: show);
+/// ```
+#[macro_export]
+macro_rules! for_each_scenario {
+    (conformance: $callback:ident) => {
+        $callback!(publish_and_read_back);
+        $callback!(batch_results_per_event);
+        $callback!(concurrent_publishes_all_delivered);
+        $callback!(close_is_idempotent_and_concurrent);
+        $callback!(publish_after_close_is_closed);
+        $callback!(close_during_publishes_loses_nothing);
+        $callback!(health_reflects_state);
+        $callback!(invalid_event_is_typed);
+        $callback!(drop_without_close_leaves_no_task);
+    };
+    (history: $callback:ident) => {
+        $callback!(history_mixed_c1);
+        $callback!(history_mixed_c64);
+        $callback!(history_mixed_c1024);
+        $callback!(history_mixed_batches);
+        $callback!(history_oversized_among_small);
+        $callback!(history_connection_cut);
+        $callback!(history_stall_past_publish_timeout);
+        $callback!(history_close_deadline_in_flight);
+        $callback!(history_broker_restart);
+    };
+    (all: $callback:ident) => {
+        $crate::for_each_scenario!(conformance: $callback);
+        $crate::for_each_scenario!(history: $callback);
+    };
 }
 
 /// Expands to one `#[tokio::test]` per scenario (conformance and history). The argument is an
@@ -1301,24 +1328,7 @@ macro_rules! conformance_tests {
                 }
             };
         }
-        __publisher_scenario!(publish_and_read_back);
-        __publisher_scenario!(batch_results_per_event);
-        __publisher_scenario!(concurrent_publishes_all_delivered);
-        __publisher_scenario!(close_is_idempotent_and_concurrent);
-        __publisher_scenario!(publish_after_close_is_closed);
-        __publisher_scenario!(close_during_publishes_loses_nothing);
-        __publisher_scenario!(health_reflects_state);
-        __publisher_scenario!(invalid_event_is_typed);
-        __publisher_scenario!(drop_without_close_leaves_no_task);
-        __publisher_scenario!(history_mixed_c1);
-        __publisher_scenario!(history_mixed_c64);
-        __publisher_scenario!(history_mixed_c1024);
-        __publisher_scenario!(history_mixed_batches);
-        __publisher_scenario!(history_oversized_among_small);
-        __publisher_scenario!(history_connection_cut);
-        __publisher_scenario!(history_stall_past_publish_timeout);
-        __publisher_scenario!(history_close_deadline_in_flight);
-        __publisher_scenario!(history_broker_restart);
+        $crate::for_each_scenario!(all: __publisher_scenario);
     };
 }
 
