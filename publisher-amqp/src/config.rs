@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use publisher_core::config::redact_url as redact;
-use publisher_core::{Error, PoolConfig, Result, Timeouts};
+use publisher_core::{Error, PoolConfig, Result, Timeouts, UrlOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::BACKEND;
@@ -158,14 +158,6 @@ fn bad(field: &'static str, msg: impl Into<String>) -> Error {
     Error::config(BACKEND, field, msg.into())
 }
 
-fn parse_bool(field: &'static str, v: &str) -> Result<bool> {
-    match v {
-        "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        _ => Err(bad(field, format!("`{v}` is not true or false"))),
-    }
-}
-
 impl AmqpConfig {
     /// Parses `amqp://user:password@host:port/vhost` (or `amqps://`, feature `tls`) with optional
     /// query parameters `heartbeat=SECONDS`, `exchange=NAME`, `exchange_type=direct|fanout|topic|headers`
@@ -180,47 +172,52 @@ impl AmqpConfig {
         })?;
         check_scheme(parsed.scheme())?;
         let mut cfg = AmqpConfig::default();
-        let mut exchange_type = None;
-        let mut exchange_durable = true;
-        for (k, v) in parsed.query_pairs() {
-            match k.as_ref() {
-                "heartbeat" => {
-                    let secs: u64 = v.parse().map_err(|_| {
-                        bad("heartbeat", format!("`{v}` is not a number of seconds"))
-                    })?;
-                    cfg.heartbeat = Duration::from_secs(secs);
-                }
-                "exchange" => cfg.exchange = v.into_owned(),
-                "exchange_type" => exchange_type = Some(ExchangeKind::parse(&v)?),
-                "exchange_durable" => exchange_durable = parse_bool("exchange_durable", &v)?,
-                "mandatory" => cfg.mandatory = parse_bool("mandatory", &v)?,
-                "persistent" => cfg.persistent = parse_bool("persistent", &v)?,
-                "max_message_bytes" => {
-                    cfg.max_message_bytes = v.parse().map_err(|_| {
-                        bad(
-                            "max_message_bytes",
-                            format!("`{v}` is not a number of bytes"),
-                        )
-                    })?;
-                }
-                "connection_name" => cfg.connection_name = v.into_owned(),
-                "pool_max_size" => {
-                    cfg.pool.max_size = v
-                        .parse()
-                        .map_err(|_| bad("pool.max_size", format!("`{v}` is not a number")))?;
-                }
-                other => {
-                    return Err(bad(
-                        "url",
-                        format!(
-                            "unknown query parameter `{other}` (known: heartbeat, exchange, \
-                             exchange_type, exchange_durable, mandatory, persistent, \
-                             max_message_bytes, connection_name, pool_max_size)"
-                        ),
-                    ));
-                }
-            }
+        let mut options = UrlOptions::parse(BACKEND, parsed.query().unwrap_or(""))?;
+        if let Some(secs) =
+            options.take_parsed::<u64>("heartbeat", "heartbeat", "a number of seconds")?
+        {
+            cfg.heartbeat = Duration::from_secs(secs);
         }
+        if let Some(exchange) = options.take("exchange") {
+            cfg.exchange = exchange;
+        }
+        let exchange_type = options
+            .take("exchange_type")
+            .map(|v| ExchangeKind::parse(&v))
+            .transpose()?;
+        let exchange_durable = options
+            .take_bool("exchange_durable", "exchange_durable")?
+            .unwrap_or(true);
+        if let Some(v) = options.take_bool("mandatory", "mandatory")? {
+            cfg.mandatory = v;
+        }
+        if let Some(v) = options.take_bool("persistent", "persistent")? {
+            cfg.persistent = v;
+        }
+        if let Some(n) = options.take_parsed(
+            "max_message_bytes",
+            "max_message_bytes",
+            "a number of bytes",
+        )? {
+            cfg.max_message_bytes = n;
+        }
+        if let Some(name) = options.take("connection_name") {
+            cfg.connection_name = name;
+        }
+        if let Some(n) = options.take_parsed("pool_max_size", "pool.max_size", "a number")? {
+            cfg.pool.max_size = n;
+        }
+        options.finish(&[
+            "heartbeat",
+            "exchange",
+            "exchange_type",
+            "exchange_durable",
+            "mandatory",
+            "persistent",
+            "max_message_bytes",
+            "connection_name",
+            "pool_max_size",
+        ])?;
         cfg.declare_exchange = exchange_type.map(|kind| ExchangeDeclare {
             kind,
             durable: exchange_durable,

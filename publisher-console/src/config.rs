@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use publisher_core::{Error, Result, Timeouts};
+use publisher_core::{Error, Result, Timeouts, UrlOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::BACKEND;
@@ -76,9 +76,12 @@ impl ConsoleConfig {
                 format!("expected a console:// URL, got `{url}`"),
             )
         })?;
-        let (target, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (target, mut options) = UrlOptions::split(BACKEND, rest)?;
+        let target = percent_encoding::percent_decode_str(&target)
+            .decode_utf8_lossy()
+            .into_owned();
         let mut cfg = ConsoleConfig {
-            target: match target {
+            target: match target.as_str() {
                 "" | "stdout" => Target::Stdout,
                 "stderr" => Target::Stderr,
                 path if path.starts_with('/') => Target::File(PathBuf::from(path)),
@@ -95,40 +98,25 @@ impl ConsoleConfig {
             },
             ..Default::default()
         };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            match k {
-                "format" => {
-                    cfg.format = match v {
-                        "auto" => Format::Auto,
-                        "json" => Format::Json,
-                        "text" => Format::Text,
-                        _ => return Err(bad_param("format", v, "auto, json or text")),
-                    }
-                }
-                "flush" => {
-                    cfg.flush = match v {
-                        "event" => FlushPolicy::Event,
-                        "batch" => FlushPolicy::Batch,
-                        _ => return Err(bad_param("flush", v, "event or batch")),
-                    }
-                }
-                "color" => {
-                    cfg.color = Some(match v {
-                        "true" | "1" => true,
-                        "false" | "0" => false,
-                        _ => return Err(bad_param("color", v, "true or false")),
-                    })
-                }
-                other => {
-                    return Err(Error::config(
-                        BACKEND,
-                        "url",
-                        format!("unknown query parameter `{other}` (known: format, flush, color)"),
-                    ));
-                }
+        if let Some(v) = options.take("format") {
+            cfg.format = match v.as_str() {
+                "auto" => Format::Auto,
+                "json" => Format::Json,
+                "text" => Format::Text,
+                _ => return Err(bad_param("format", &v, "auto, json or text")),
             }
         }
+        if let Some(v) = options.take("flush") {
+            cfg.flush = match v.as_str() {
+                "event" => FlushPolicy::Event,
+                "batch" => FlushPolicy::Batch,
+                _ => return Err(bad_param("flush", &v, "event or batch")),
+            }
+        }
+        if let Some(color) = options.take_bool("color", "color")? {
+            cfg.color = Some(color);
+        }
+        options.finish(&["format", "flush", "color"])?;
         Ok(cfg)
     }
 

@@ -23,6 +23,7 @@ mod testing_brokers;
 mod testing_history;
 #[cfg(feature = "testing")]
 mod testing_proxy;
+mod url_options;
 
 pub use backend::Backend;
 pub use batch::BatchResults;
@@ -35,6 +36,7 @@ pub use lifecycle::{InFlight, Lifecycle, Teardown};
 pub use memory::{Fault, MemoryPublisher, MemoryPublisherBuilder, MemoryStore};
 pub use outcome::{BatchOutcome, CloseReport, Position, Receipt};
 pub use publisher::Publisher;
+pub use url_options::{RedactedUrl, UrlOptions};
 
 /// Re-exported so that backends and users name the same versions.
 pub use async_trait::async_trait;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use publisher_core::{Error, Result, Timeouts};
+use publisher_core::{Error, Result, Timeouts, UrlOptions};
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
@@ -200,17 +200,6 @@ fn bad(field: &'static str, msg: impl Into<String>) -> Error {
     Error::config(BACKEND, field, msg.into())
 }
 
-fn millis(field: &'static str, v: &str) -> Result<Duration> {
-    v.parse::<u64>()
-        .map(Duration::from_millis)
-        .map_err(|_| bad(field, format!("`{v}` is not a number of milliseconds")))
-}
-
-fn number(field: &'static str, v: &str) -> Result<usize> {
-    v.parse()
-        .map_err(|_| bad(field, format!("`{v}` is not a number")))
-}
-
 /// librdkafka scans for timed-out messages about once a second.
 const MESSAGE_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 
@@ -233,11 +222,6 @@ const OWNED: &[(&str, &str)] = &[
     ("message.max.bytes", "max_message_bytes"),
 ];
 
-/// Percent-decodes a URL component (`%26` is `&`); `+` stays `+`, as in a password.
-fn decode(s: &str) -> std::borrow::Cow<'_, str> {
-    percent_encoding::percent_decode_str(s).decode_utf8_lossy()
-}
-
 impl KafkaConfig {
     /// Parses `kafka://host1:9092,host2:9092?acks=all&compression=zstd`. Known query
     /// parameters: `acks`, `idempotence`, `linger_ms`, `batch_size`, `compression`,
@@ -253,7 +237,7 @@ impl KafkaConfig {
         let rest = url
             .strip_prefix("kafka://")
             .ok_or_else(|| bad("url", "expected a kafka:// URL"))?;
-        let (brokers, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (brokers, mut options) = UrlOptions::split(BACKEND, rest)?;
         let brokers = brokers.trim_end_matches('/');
         if brokers.contains('@') {
             // Never echo the text: it holds a password.
@@ -268,39 +252,37 @@ impl KafkaConfig {
             brokers: brokers.to_owned(),
             ..Default::default()
         };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            // Not echoed: a mistyped `sasl.password:secret` would show the secret.
-            let (k, v) = pair.split_once('=').ok_or_else(|| {
-                bad(
-                    "url",
-                    "a query parameter has no `=`: expected name=value pairs joined by `&`",
-                )
-            })?;
-            let (k, v) = (decode(k), decode(v));
-            let (k, v) = (k.as_ref(), v.as_ref());
-            match k {
-                "acks" => cfg.acks = Acks::parse(v)?,
-                "idempotence" => {
-                    cfg.idempotence = match v {
-                        "true" | "1" => true,
-                        "false" | "0" => false,
-                        _ => return Err(bad("idempotence", format!("`{v}` is not true or false"))),
-                    }
-                }
-                "linger_ms" => cfg.linger = millis("linger", v)?,
-                "batch_size" => cfg.batch_size = Some(number("batch_size", v)?),
-                "compression" => cfg.compression = Compression::parse(v)?,
-                "queue_max_messages" => {
-                    cfg.queue_max_messages = Some(number("queue_max_messages", v)?);
-                }
-                "request_timeout_ms" => cfg.request_timeout = millis("request_timeout", v)?,
-                "message_timeout_ms" => cfg.message_timeout = millis("message_timeout", v)?,
-                "max_message_bytes" => cfg.max_message_bytes = number("max_message_bytes", v)?,
-                other => {
-                    cfg.properties.insert(other.to_owned(), v.to_owned());
-                }
-            }
+        if let Some(v) = options.take("acks") {
+            cfg.acks = Acks::parse(&v)?;
         }
+        if let Some(v) = options.take_bool("idempotence", "idempotence")? {
+            cfg.idempotence = v;
+        }
+        if let Some(v) = options.take_millis("linger_ms", "linger")? {
+            cfg.linger = v;
+        }
+        cfg.batch_size = options
+            .take_parsed("batch_size", "batch_size", "a number")?
+            .or(cfg.batch_size);
+        if let Some(v) = options.take("compression") {
+            cfg.compression = Compression::parse(&v)?;
+        }
+        cfg.queue_max_messages = options
+            .take_parsed("queue_max_messages", "queue_max_messages", "a number")?
+            .or(cfg.queue_max_messages);
+        if let Some(v) = options.take_millis("request_timeout_ms", "request_timeout")? {
+            cfg.request_timeout = v;
+        }
+        if let Some(v) = options.take_millis("message_timeout_ms", "message_timeout")? {
+            cfg.message_timeout = v;
+        }
+        if let Some(v) =
+            options.take_parsed("max_message_bytes", "max_message_bytes", "a number")?
+        {
+            cfg.max_message_bytes = v;
+        }
+        // Any other name is a librdkafka property (`client.id`, `security.protocol`, …).
+        cfg.properties.extend(options.into_rest());
         Ok(cfg)
     }
 

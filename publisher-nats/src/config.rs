@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use publisher_core::config::redact_url;
-use publisher_core::{Error, Result, Timeouts};
+use publisher_core::{Error, Result, Timeouts, UrlOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::BACKEND;
@@ -86,32 +86,21 @@ impl NatsConfig {
     /// # Errors
     /// `Config` naming the field at fault.
     pub fn from_url(url: &str) -> Result<Self> {
-        let parsed = url::Url::parse(url)
-            .map_err(|e| bad("url", format!("malformed NATS URL `{}`: {e}", redact(url))))?;
-        let mut cfg = NatsConfig::default();
-        for (k, v) in parsed.query_pairs() {
-            match k.as_ref() {
-                "creds" => cfg.creds_file = Some(PathBuf::from(v.as_ref())),
-                "connection_name" => cfg.connection_name = v.into_owned(),
-                "max_ack_inflight" => {
-                    cfg.max_ack_inflight = v
-                        .parse()
-                        .map_err(|_| bad("max_ack_inflight", format!("`{v}` is not a number")))?;
-                }
-                other => {
-                    return Err(bad(
-                        "url",
-                        format!(
-                            "unknown query parameter `{other}` (known: creds, connection_name, \
-                             max_ack_inflight)"
-                        ),
-                    ));
-                }
-            }
+        let (base, mut options) = UrlOptions::split(BACKEND, url)?;
+        let mut cfg = NatsConfig {
+            url: base,
+            ..NatsConfig::default()
+        };
+        if let Some(path) = options.take("creds") {
+            cfg.creds_file = Some(PathBuf::from(path));
         }
-        let mut base = parsed.clone();
-        base.set_query(None);
-        cfg.url = base.to_string();
+        if let Some(name) = options.take("connection_name") {
+            cfg.connection_name = name;
+        }
+        if let Some(n) = options.take_parsed("max_ack_inflight", "max_ack_inflight", "a number")? {
+            cfg.max_ack_inflight = n;
+        }
+        options.finish(&["creds", "connection_name", "max_ack_inflight"])?;
         cfg.validate()?;
         Ok(cfg)
     }

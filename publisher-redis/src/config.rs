@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use publisher_core::config::{check_timeout, redact_url as redact};
-use publisher_core::{Error, PoolConfig, Result, Timeouts};
+use publisher_core::{Error, PoolConfig, Result, Timeouts, UrlOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::BACKEND;
@@ -135,11 +135,6 @@ fn bad(field: &'static str, msg: impl Into<String>) -> Error {
     Error::config(BACKEND, field, msg.into())
 }
 
-fn parse_num<T: std::str::FromStr>(field: &'static str, v: &str) -> Result<T> {
-    v.parse()
-        .map_err(|_| bad(field, format!("`{v}` is not a valid number")))
-}
-
 impl RedisConfig {
     /// Parses a URL: `redis://[user:password@]host[:port][/db]` (or `rediss://` with feature
     /// `tls`) with optional query parameters `mode=stream|pubsub`, `maxlen=N`,
@@ -156,57 +151,65 @@ impl RedisConfig {
         })?;
         check_scheme(parsed.scheme())?;
         let mut cfg = RedisConfig::default();
-        let mut passthrough = Vec::new();
-        for (k, v) in parsed.query_pairs() {
-            match k.as_ref() {
-                "mode" => {
-                    cfg.mode = match v.as_ref() {
-                        "stream" => Mode::Stream,
-                        "pubsub" => Mode::Pubsub,
-                        other => {
-                            return Err(bad(
-                                "mode",
-                                format!("unknown mode `{other}`: expected stream or pubsub"),
-                            ));
-                        }
-                    }
+        let mut options = UrlOptions::parse(BACKEND, parsed.query().unwrap_or(""))?;
+        if let Some(mode) = options.take("mode") {
+            cfg.mode = match mode.as_str() {
+                "stream" => Mode::Stream,
+                "pubsub" => Mode::Pubsub,
+                other => {
+                    return Err(bad(
+                        "mode",
+                        format!("unknown mode `{other}`: expected stream or pubsub"),
+                    ));
                 }
-                "maxlen" => cfg.maxlen = Some(parse_num("maxlen", &v)?),
-                "format" => {
-                    cfg.pubsub_format = match v.as_ref() {
-                        "envelope" => PubsubFormat::Envelope,
-                        "payload" => PubsubFormat::Payload,
-                        other => {
-                            return Err(bad(
-                                "pubsub_format",
-                                format!("unknown format `{other}`: expected envelope or payload"),
-                            ));
-                        }
-                    }
-                }
-                "min_receivers" => cfg.min_receivers = parse_num("min_receivers", &v)?,
-                "max_payload_bytes" => {
-                    cfg.max_payload_bytes = parse_num("max_payload_bytes", &v)?;
-                }
-                "wait_replicas" => cfg.wait_replicas = parse_num("wait_replicas", &v)?,
-                "wait_timeout" => {
-                    cfg.wait_timeout = humantime::parse_duration(&v).map_err(|e| {
-                        bad("wait_timeout", format!("`{v}` is not a duration")).with_source(e)
-                    })?;
-                }
-                "health_interval" => {
-                    cfg.health_interval = Some(humantime::parse_duration(&v).map_err(|e| {
-                        bad("health_interval", format!("`{v}` is not a duration")).with_source(e)
-                    })?);
-                }
-                "pool_max_size" => cfg.pool.max_size = parse_num("pool.max_size", &v)?,
-                PROTOCOL => {
-                    check_protocol(&v)?;
-                    passthrough.push((k.into_owned(), v.into_owned()));
-                }
-                other => return Err(unknown_param(other)),
             }
         }
+        let number = "a valid number";
+        cfg.maxlen = options
+            .take_parsed("maxlen", "maxlen", number)?
+            .or(cfg.maxlen);
+        if let Some(format) = options.take("format") {
+            cfg.pubsub_format = match format.as_str() {
+                "envelope" => PubsubFormat::Envelope,
+                "payload" => PubsubFormat::Payload,
+                other => {
+                    return Err(bad(
+                        "pubsub_format",
+                        format!("unknown format `{other}`: expected envelope or payload"),
+                    ));
+                }
+            }
+        }
+        if let Some(n) = options.take_parsed("min_receivers", "min_receivers", number)? {
+            cfg.min_receivers = n;
+        }
+        if let Some(n) = options.take_parsed("max_payload_bytes", "max_payload_bytes", number)? {
+            cfg.max_payload_bytes = n;
+        }
+        if let Some(n) = options.take_parsed("wait_replicas", "wait_replicas", number)? {
+            cfg.wait_replicas = n;
+        }
+        if let Some(d) = options.take_duration("wait_timeout", "wait_timeout")? {
+            cfg.wait_timeout = d;
+        }
+        cfg.health_interval = options
+            .take_duration("health_interval", "health_interval")?
+            .or(cfg.health_interval);
+        if let Some(n) = options.take_parsed("pool_max_size", "pool.max_size", number)? {
+            cfg.pool.max_size = n;
+        }
+        // redis-rs's own parameter, checked here and left in the URL for it.
+        let mut passthrough = Vec::new();
+        if let Some(protocol) = options.take(PROTOCOL) {
+            check_protocol(&protocol)?;
+            passthrough.push((PROTOCOL.to_owned(), protocol));
+        }
+        let known: Vec<&str> = OUR_PARAMS
+            .iter()
+            .map(|(p, _)| *p)
+            .chain([PROTOCOL])
+            .collect();
+        options.finish(&known)?;
         if passthrough.is_empty() {
             parsed.set_query(None);
         } else {
