@@ -10,7 +10,7 @@ mod progress;
 mod receipts;
 mod send;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use publisher::Publisher;
 
 #[global_allocator]
@@ -46,6 +46,19 @@ enum Command {
     Health(health::HealthArgs),
 }
 
+/// `--url`'s help: the schemes this build opens (from the facade's registry), with examples.
+fn url_help() -> String {
+    let schemes: Vec<String> = publisher::enabled_schemes()
+        .iter()
+        .map(|s| format!("{s}://"))
+        .collect();
+    format!(
+        "Where to publish, one of {} (console://stdout, console:///path/file, \
+         kafka://host:port,host:port). A password in it is never printed",
+        schemes.join(", ")
+    )
+}
+
 /// The endpoint as evpub names it in its output: the URL with its password hidden.
 pub fn endpoint(url: &str) -> String {
     publisher::config::redact_url(url)
@@ -61,7 +74,12 @@ async fn open(url: &str) -> Result<Box<dyn Publisher>, i32> {
 #[tokio::main]
 async fn main() {
     let folded = logs::init();
-    let cli = Cli::parse();
+    // The schemes come from the facade's registry, so the help lists exactly what this build
+    // can open.
+    let matches = Cli::command()
+        .mut_arg("url", |arg| arg.help(url_help()))
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let code = match cli.command {
         Command::Send(args) => match open(&cli.url).await {
             Ok(p) => send::run(p, &endpoint(&cli.url), args).await,

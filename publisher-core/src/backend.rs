@@ -128,3 +128,8 @@ macro_rules! gated_publisher {
         }
     };
 }
+
+/// What a backend crate's `open(url)` returns: the publisher its URL describes, boxed. The
+/// facade (`publisher::from_url`) registers each backend by its schemes and this function.
+pub type Opening<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Box<dyn crate::Publisher>>> + Send + 'a>>;

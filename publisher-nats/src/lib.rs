@@ -20,3 +20,11 @@ pub const BACKEND: &str = "nats";
 
 /// The URL schemes this backend opens.
 pub const SCHEMES: &[&str] = &["nats", "tls"];
+
+/// Opens (and connects) the publisher a `nats://` or `tls://` URL describes: this backend's
+/// registration in the facade (`publisher::from_url`).
+pub fn open(url: &str) -> publisher_core::backend::Opening<'_> {
+    Box::pin(async move {
+        Ok(Box::new(NatsPublisher::from_url(url).await?) as Box<dyn publisher_core::Publisher>)
+    })
+}

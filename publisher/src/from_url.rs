@@ -2,44 +2,67 @@
 
 use std::sync::Arc;
 
+use publisher_core::backend::Opening;
 use publisher_core::{Error, MemoryPublisher, Publisher, Result};
 
 /// The facade's name in errors that belong to no backend.
 pub const FACADE: &str = "publisher";
 
-/// Every scheme this facade knows, with the feature that enables it (`None`: always on).
-const SCHEMES: &[(&str, Option<&str>)] = &[
-    ("console", Some("console")),
-    ("memory", None),
-    ("redis", Some("redis")),
-    ("rediss", Some("redis-tls")),
-    ("amqp", Some("amqp")),
-    ("amqps", Some("amqp-tls")),
-    ("kafka", Some("kafka")),
-    ("nats", Some("nats")),
-    ("tls", Some("nats")),
+/// How a registered backend opens one of its URLs (each backend crate's `open`).
+type Open = for<'a> fn(&'a str) -> Opening<'a>;
+
+/// One scheme the facade knows: the feature that enables it (`None`: always on) and, when this
+/// build has that feature, how to open it.
+struct Registered {
+    scheme: &'static str,
+    feature: Option<&'static str>,
+    open: Option<Open>,
+}
+
+/// A row of [`REGISTRY`]: the scheme, the `publisher` feature, and the backend crate's `open`,
+/// which is only named when the feature is on.
+macro_rules! registered {
+    ($scheme:literal, $feature:literal, $open:path) => {
+        Registered {
+            scheme: $scheme,
+            feature: Some($feature),
+            #[cfg(feature = $feature)]
+            open: Some($open as Open),
+            #[cfg(not(feature = $feature))]
+            open: None,
+        }
+    };
+}
+
+/// Every backend the facade can open, once: `from_url`, [`enabled_schemes`] and the errors
+/// naming a missing feature all read this table. Registering a backend is a row here (with
+/// its feature in `Cargo.toml`).
+const REGISTRY: &[Registered] = &[
+    registered!("console", "console", publisher_console::open),
+    Registered {
+        scheme: "memory",
+        feature: None,
+        open: Some(open_memory as Open),
+    },
+    registered!("redis", "redis", publisher_redis::open),
+    registered!("rediss", "redis-tls", publisher_redis::open),
+    registered!("amqp", "amqp", publisher_amqp::open),
+    registered!("amqps", "amqp-tls", publisher_amqp::open),
+    registered!("kafka", "kafka", publisher_kafka::open),
+    registered!("nats", "nats", publisher_nats::open),
+    registered!("tls", "nats", publisher_nats::open),
 ];
 
-fn enabled(feature: Option<&str>) -> bool {
-    match feature {
-        None => true,
-        Some("console") => cfg!(feature = "console"),
-        Some("redis") => cfg!(feature = "redis"),
-        Some("redis-tls") => cfg!(feature = "redis-tls"),
-        Some("amqp") => cfg!(feature = "amqp"),
-        Some("amqp-tls") => cfg!(feature = "amqp-tls"),
-        Some("kafka") => cfg!(feature = "kafka"),
-        Some("nats") => cfg!(feature = "nats"),
-        Some(_) => false,
-    }
+fn open_memory(_url: &str) -> Opening<'_> {
+    Box::pin(async { Ok(Box::new(MemoryPublisher::new()) as Box<dyn Publisher>) })
 }
 
 /// The schemes this build accepts.
 pub fn enabled_schemes() -> Vec<&'static str> {
-    SCHEMES
+    REGISTRY
         .iter()
-        .filter(|(_, f)| enabled(*f))
-        .map(|(s, _)| *s)
+        .filter(|r| r.open.is_some())
+        .map(|r| r.scheme)
         .collect()
 }
 
@@ -74,7 +97,7 @@ pub async fn from_url(url: &str) -> Result<Box<dyn Publisher>> {
                 ),
             )
         })?;
-    let Some((_, feature)) = SCHEMES.iter().find(|(s, _)| *s == scheme) else {
+    let Some(row) = REGISTRY.iter().find(|r| r.scheme == scheme) else {
         return Err(Error::config(
             FACADE,
             "url",
@@ -88,8 +111,8 @@ pub async fn from_url(url: &str) -> Result<Box<dyn Publisher>> {
             ),
         ));
     };
-    if !enabled(*feature) {
-        let feature = feature.unwrap_or_default();
+    let Some(open) = row.open else {
+        let feature = row.feature.unwrap_or_default();
         return Err(Error::config(
             FACADE,
             "url",
@@ -98,8 +121,8 @@ pub async fn from_url(url: &str) -> Result<Box<dyn Publisher>> {
                  enabled in this build"
             ),
         ));
-    }
-    build(&scheme, url).await
+    };
+    open(url).await
 }
 
 /// As [`from_url`], shared.
@@ -108,46 +131,6 @@ pub async fn from_url(url: &str) -> Result<Box<dyn Publisher>> {
 /// As [`from_url`].
 pub async fn from_url_arc(url: &str) -> Result<Arc<dyn Publisher>> {
     from_url(url).await.map(Arc::from)
-}
-
-#[allow(clippy::needless_return)]
-async fn build(scheme: &str, url: &str) -> Result<Box<dyn Publisher>> {
-    match scheme {
-        "memory" => return Ok(Box::new(MemoryPublisher::new())),
-        #[cfg(feature = "console")]
-        "console" => {
-            return Ok(Box::new(publisher_console::ConsolePublisher::from_url(
-                url,
-            )?));
-        }
-        #[cfg(feature = "redis")]
-        "redis" | "rediss" => {
-            return Ok(Box::new(publisher_redis::RedisPublisher::from_url(url)?));
-        }
-        #[cfg(feature = "amqp")]
-        "amqp" | "amqps" => {
-            return Ok(Box::new(
-                publisher_amqp::AmqpPublisher::from_url(url).await?,
-            ));
-        }
-        #[cfg(feature = "kafka")]
-        "kafka" => {
-            return Ok(Box::new(publisher_kafka::KafkaPublisher::from_url(url)?));
-        }
-        #[cfg(feature = "nats")]
-        "nats" | "tls" => {
-            return Ok(Box::new(
-                publisher_nats::NatsPublisher::from_url(url).await?,
-            ));
-        }
-        _ => {}
-    }
-    let _ = url;
-    Err(Error::config(
-        FACADE,
-        "url",
-        format!("`{scheme}://` is not available in this build"),
-    ))
 }
 
 /// Hides `user:password@` in a string that failed to parse as a URL.
