@@ -8,7 +8,8 @@ use lapin::Connection;
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use publisher_core::{
-    Backend, BatchResults, Error, ErrorKind, Event, Health, Lifecycle, Position, Result, Teardown,
+    Backend, BatchResults, Error, ErrorKind, Event, Health, Lifecycle, Position, Result,
+    SharedHandle, Teardown,
 };
 
 use crate::BACKEND;
@@ -39,11 +40,9 @@ struct Inner {
     exchange: ShortString,
     link: Arc<Link>,
     pool: ChannelPool,
-    /// The channel the pool handed out last, shared by publishes while it is open.
-    current: std::sync::Mutex<Option<Arc<ConfirmChannel>>>,
-    /// One publish at a time replaces the shared channel; the others wait for it rather than
-    /// each opening a channel.
-    replacing: tokio::sync::Mutex<()>,
+    /// The channel the pool handed out last, shared by publishes while it is open, replaced
+    /// by one publish at a time when it closed.
+    current: SharedHandle<Arc<ConfirmChannel>>,
 }
 
 /// Builds an [`AmqpPublisher`]. Setters never fail; [`AmqpPublisherBuilder::build`] validates
@@ -151,8 +150,7 @@ impl AmqpPublisherBuilder {
                 exchange,
                 link,
                 pool,
-                current: std::sync::Mutex::new(None),
-                replacing: tokio::sync::Mutex::new(()),
+                current: SharedHandle::new(),
             }),
             lifecycle,
         })
@@ -202,6 +200,11 @@ fn not_sent(e: lapin::Error) -> Error {
     .with_source(cause)
 }
 
+/// Whether publishes may go on `channel` (the broker has not closed it).
+fn is_open(channel: &Arc<ConfirmChannel>) -> bool {
+    channel.channel.status().connected()
+}
+
 /// RabbitMQ sent `connection.blocked`.
 fn blocked() -> Error {
     Error::new(
@@ -226,17 +229,9 @@ impl Inner {
         }
     }
 
-    fn current(&self) -> std::sync::MutexGuard<'_, Option<Arc<ConfirmChannel>>> {
-        // Guards one Option; never held across an await or a panic-prone call.
-        self.current.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The shared channel, if it is still open.
     fn open_channel(&self) -> Option<Arc<ConfirmChannel>> {
-        self.current()
-            .as_ref()
-            .filter(|c| c.channel.status().connected())
-            .cloned()
+        self.current.usable(is_open)
     }
 
     /// A confirm-mode channel. lapin channels take concurrent publishes, so publishes share
@@ -253,19 +248,17 @@ impl Inner {
     }
 
     async fn checkout(&self) -> Result<Arc<ConfirmChannel>> {
-        let _replacing = self.replacing.lock().await;
-        if let Some(c) = self.open_channel() {
-            return Ok(c);
-        }
-        let slot = self
-            .pool
-            .timeout_get(&self.pool_timeouts())
+        self.current
+            .get_or_replace(is_open, || async {
+                let slot = self
+                    .pool
+                    .timeout_get(&self.pool_timeouts())
+                    .await
+                    .map_err(from_pool)?;
+                // Shared behind one Arc: a lapin channel's own clone copies a dozen handles.
+                Ok(Arc::new((*slot).clone()))
+            })
             .await
-            .map_err(from_pool)?;
-        // Shared behind one Arc: a lapin channel's own clone copies a dozen handles.
-        let channel = Arc::new((*slot).clone());
-        *self.current() = Some(channel.clone());
-        Ok(channel)
     }
 
     /// Sends one message and hands its confirm to the channel's tracker; the receiver gets the
@@ -342,7 +335,7 @@ impl Inner {
 
     async fn teardown(&self, remaining: Duration) {
         let limit = remaining.max(Duration::from_millis(200));
-        self.current().take();
+        self.current.take();
         let removed = self.pool.retain(|_, _| false).removed;
         self.pool.close();
         // A blocked connection writes nothing, channel.close included: closing the connection

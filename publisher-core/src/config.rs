@@ -87,12 +87,18 @@ impl Timeouts {
 }
 
 /// A connection (or channel) pool's size and waits.
+///
+/// Where the backend's connection takes concurrent commands (a multiplexed Redis connection,
+/// an AMQP channel), publishes share one of them ([`SharedHandle`](crate::SharedHandle)) and go
+/// to the pool only when it must be replaced: `max_size` bounds the connections (channels)
+/// opened, not the publishes in flight, and the waits apply to replacing the shared one. A pool
+/// lent by the caller is used one checkout per command, as its owner may expect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PoolConfig {
-    /// Most connections open at once. Default: 16.
+    /// Most connections (or channels) open at once. Default: 16.
     pub max_size: usize,
-    /// Waiting for a free connection when all are in use. Default: 5 s.
+    /// Waiting for a connection from the pool when all are in use. Default: 5 s.
     #[serde(with = "humantime_serde")]
     pub wait_timeout: Duration,
     /// Creating a new connection. Default: 5 s.

@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod memory;
 pub mod outcome;
 pub mod publisher;
+mod shared;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg(feature = "testing")]
@@ -36,6 +37,7 @@ pub use lifecycle::{InFlight, Lifecycle, Teardown};
 pub use memory::{Fault, MemoryPublisher, MemoryPublisherBuilder, MemoryStore};
 pub use outcome::{BatchOutcome, CloseReport, Position, Receipt};
 pub use publisher::Publisher;
+pub use shared::SharedHandle;
 pub use url_options::{RedactedUrl, UrlOptions};
 
 /// Re-exported so that backends and users name the same versions.

@@ -2,12 +2,12 @@
 //! lent in.
 
 use std::ops::DerefMut;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
-use publisher_core::{PoolConfig, Result};
+use publisher_core::{PoolConfig, Result, SharedHandle};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError};
 
@@ -166,28 +166,19 @@ pub(crate) enum Source {
 /// pool checkout.
 pub(crate) struct Owned {
     pool: Pool,
-    current: Mutex<Option<PooledConnection>>,
-    /// One publish at a time replaces the shared connection; the others wait for it rather
-    /// than each opening a connection (a burst of publishes on a cold publisher opens one).
-    replacing: tokio::sync::Mutex<()>,
+    shared: SharedHandle<PooledConnection>,
 }
 
 impl Owned {
     pub(crate) fn new(pool: Pool) -> Self {
         Self {
             pool,
-            current: Mutex::new(None),
-            replacing: tokio::sync::Mutex::new(()),
+            shared: SharedHandle::new(),
         }
     }
 
-    fn current(&self) -> std::sync::MutexGuard<'_, Option<PooledConnection>> {
-        // Guards one Option; never held across an await or a panic-prone call.
-        self.current.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn fresh(&self) -> Option<PooledConnection> {
-        self.current().as_ref().filter(|c| c.is_fresh()).cloned()
+        self.shared.usable(PooledConnection::is_fresh)
     }
 }
 
@@ -262,16 +253,14 @@ impl Source {
             recycle: Some(cfg.recycle_timeout),
         };
         match self {
-            Source::Owned(o) => {
-                let _replacing = o.replacing.lock().await;
-                if let Some(c) = o.fresh() {
-                    return Ok(Conn::Shared(c));
-                }
-                let slot = o.pool.timeout_get(&timeouts).await.map_err(from_pool)?;
-                let conn = (*slot).clone();
-                *o.current() = Some(conn.clone());
-                Ok(Conn::Shared(conn))
-            }
+            Source::Owned(o) => o
+                .shared
+                .get_or_replace(PooledConnection::is_fresh, || async {
+                    let slot = o.pool.timeout_get(&timeouts).await.map_err(from_pool)?;
+                    Ok((*slot).clone())
+                })
+                .await
+                .map(Conn::Shared),
             Source::Lent(p) => p
                 .timeout_get(&timeouts)
                 .await
@@ -283,7 +272,7 @@ impl Source {
     /// Closes our pool and lets go of the shared connection (a lent pool is left alone).
     pub(crate) fn close_if_owned(&self) {
         if let Source::Owned(o) = self {
-            o.current().take();
+            o.shared.take();
             o.pool.close();
         }
     }
