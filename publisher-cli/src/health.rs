@@ -1,7 +1,7 @@
 //! `evpub health`: can the endpoint be reached? A line, or JSON objects for scripts and
 //! readiness probes.
 
-use publisher::{Health, HealthStatus, Publisher};
+use publisher::{Health, Publisher};
 use serde_json::json;
 
 use crate::endpoint;
@@ -60,11 +60,7 @@ fn broker_check(health: &Health, endpoint: &str) -> serde_json::Value {
         "endpoint": endpoint,
         "backend": health.backend,
         "ok": health.is_healthy(),
-        "status": match health.status {
-            HealthStatus::Healthy => "healthy",
-            HealthStatus::Degraded => "degraded",
-            _ => "unhealthy",
-        },
+        "status": health.status.to_string(),
         "latency_ms": health.latency.map(|l| l.as_secs_f64() * 1e3),
         "detail": health.detail,
     })

@@ -111,23 +111,18 @@ impl Lane {
                 }
             }
             let n = queue.len().min(self.max_batch);
-            let mut batch: Vec<(usize, Event)> = queue.drain(..n).collect();
             if self.stop.is_cancelled() {
-                for (line, event) in batch.drain(..) {
+                for (line, event) in queue.drain(..n) {
                     self.counts.not_sent.fetch_add(1, Ordering::Relaxed);
                     let outcome = Outcome::NotSent;
                     self.receipts.record(line, Some(event.id()), &outcome).await;
                 }
                 continue;
             }
-            let (lines, events): (Vec<usize>, Vec<Event>) = batch.drain(..).unzip();
+            let (lines, mut events): (Vec<usize>, Vec<Event>) = queue.drain(..n).unzip();
             let ids: Vec<Uuid> = events.iter().map(Event::id).collect();
             let results = if events.len() == 1 {
-                let mut events = events;
-                match events.pop() {
-                    Some(event) => vec![self.publisher.publish(event).await],
-                    None => Vec::new(),
-                }
+                vec![self.publisher.publish(events.remove(0)).await]
             } else {
                 self.publisher.publish_batch(events).await.into_results()
             };
@@ -168,7 +163,6 @@ async fn hand_over(
     pending: &mut [Chunk],
     ctrl_c: &mut std::pin::Pin<&mut impl std::future::Future<Output = std::io::Result<()>>>,
     interrupted: &CancellationToken,
-    gone: &AtomicU64,
 ) -> bool {
     for (tx, chunk) in senders.iter().zip(pending.iter_mut()) {
         if chunk.is_empty() {
@@ -182,10 +176,7 @@ async fn hand_over(
         };
         match permit {
             Ok(permit) => permit.send(std::mem::take(chunk)),
-            Err(_) => {
-                gone.fetch_add(1, Ordering::Relaxed);
-                return false;
-            }
+            Err(_) => return false,
         }
     }
     true
@@ -261,7 +252,6 @@ pub async fn run(publisher: Box<dyn Publisher>, endpoint: &str, args: SendArgs) 
         workers.spawn(lane.run(rx));
     }
 
-    let lanes_gone = AtomicU64::new(0);
     let mut input = BufReader::with_capacity(256 * 1024, reader);
     let mut text = String::new();
     let mut line_no = 0usize;
@@ -279,15 +269,7 @@ pub async fn run(publisher: Box<dyn Publisher>, endpoint: &str, args: SendArgs) 
         if input.buffer().is_empty() {
             // The next read may wait: hand over what is parsed first.
             progress.read(std::mem::take(&mut bytes_read));
-            if !hand_over(
-                &senders,
-                &mut pending,
-                &mut ctrl_c,
-                &interrupted,
-                &lanes_gone,
-            )
-            .await
-            {
+            if !hand_over(&senders, &mut pending, &mut ctrl_c, &interrupted).await {
                 break;
             }
         }
@@ -351,14 +333,7 @@ pub async fn run(publisher: Box<dyn Publisher>, endpoint: &str, args: SendArgs) 
         };
         pending[lane].push((line_no, event));
         if pending[lane].len() >= CHUNK
-            && !hand_over(
-                &senders,
-                &mut pending,
-                &mut ctrl_c,
-                &interrupted,
-                &lanes_gone,
-            )
-            .await
+            && !hand_over(&senders, &mut pending, &mut ctrl_c, &interrupted).await
         {
             break;
         }
@@ -366,14 +341,7 @@ pub async fn run(publisher: Box<dyn Publisher>, endpoint: &str, args: SendArgs) 
     // What was read before the end (or an interruption, or a fatal line) goes to the lanes,
     // which publish it, or record it as not sent when interrupted.
     progress.read(bytes_read);
-    hand_over(
-        &senders,
-        &mut pending,
-        &mut ctrl_c,
-        &interrupted,
-        &lanes_gone,
-    )
-    .await;
+    hand_over(&senders, &mut pending, &mut ctrl_c, &interrupted).await;
     drop(senders);
     loop {
         tokio::select! {

@@ -157,10 +157,6 @@ impl NatsPublisher {
 }
 
 impl Inner {
-    fn max_payload(&self) -> usize {
-        self.max_payload
-    }
-
     /// Hands the message to the client (it is then sent, now or on reconnection) and returns
     /// the wait for its PubAck.
     async fn send(
@@ -201,17 +197,17 @@ impl Backend for Inner {
     }
 
     fn check(&self, event: &Event) -> Result<()> {
-        validate(event, self.max_payload())
+        validate(event, self.max_payload)
     }
 
     async fn publish(&self, event: &Event) -> Result<Position> {
-        validate(event, self.max_payload())?;
+        validate(event, self.max_payload)?;
         let ack = self.send(event).await?;
         self.acked(ack, event.topic()).await
     }
 
     async fn publish_batch(&self, events: &[Event], results: &BatchResults) -> Result<()> {
-        let max = self.max_payload();
+        let max = self.max_payload;
         let mut pending = Vec::with_capacity(events.len());
         // Sent in order, one after the other, then every PubAck awaited at once.
         for (i, event) in events.iter().enumerate() {
