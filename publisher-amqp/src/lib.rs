@@ -14,7 +14,7 @@ mod transport;
 
 pub use channels::{ChannelManager, ChannelPool, ConfirmChannel};
 pub use config::{AmqpConfig, ExchangeDeclare, ExchangeKind, MAX_SHORT_STRING};
-pub use publisher::{AmqpPublisher, AmqpPublisherBuilder};
+pub use publisher::{AmqpBackend, AmqpPublisher, AmqpPublisherBuilder};
 
 /// Re-exported so that lent connections use the same version.
 pub use lapin;
@@ -37,14 +37,3 @@ pub const HIDE_RETURNED_PAYLOADS: &str = "lapin::returned_messages=off";
 
 /// The backend name in errors, health reports and receipts.
 pub const BACKEND: &str = "amqp";
-
-/// The URL schemes this backend opens (`amqps` with feature `tls`).
-pub const SCHEMES: &[&str] = &["amqp", "amqps"];
-
-/// Opens (and connects) the publisher an `amqp://` or `amqps://` URL describes: this backend's
-/// registration in the facade (`publisher::from_url`).
-pub fn open(url: &str) -> publisher_core::backend::Opening<'_> {
-    Box::pin(async move {
-        Ok(Box::new(AmqpPublisher::from_url(url).await?) as Box<dyn publisher_core::Publisher>)
-    })
-}

@@ -8,7 +8,7 @@ use lapin::Connection;
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use publisher_core::{
-    Backend, BatchResults, Error, ErrorKind, Event, Health, Lifecycle, Position, Result,
+    Backend, BatchResults, Error, ErrorKind, Event, Gated, Health, Lifecycle, Position, Result,
     SharedHandle, Teardown,
 };
 
@@ -28,14 +28,11 @@ use crate::mapping::{properties, validate};
 /// only (returns are matched to publishes by the event id, whatever the ack pattern); a confirm
 /// that does not come within the publish timeout, or is lost with its channel, is
 /// [`ErrorKind::OutcomeUnknown`]. Payloads over `max_message_bytes` are refused before sending.
-#[derive(Debug)]
-pub struct AmqpPublisher {
-    inner: Arc<Inner>,
-    lifecycle: Lifecycle,
-}
+pub type AmqpPublisher = Gated<AmqpBackend>;
 
+/// The RabbitMQ [`Backend`]: the connection, its confirm channels and the config.
 #[derive(Debug)]
-struct Inner {
+pub struct AmqpBackend {
     config: AmqpConfig,
     exchange: ShortString,
     link: Arc<Link>,
@@ -144,39 +141,21 @@ impl AmqpPublisherBuilder {
         .build()
         .map_err(|e| Error::config(BACKEND, "pool", format!("cannot build the pool: {e}")))?;
 
-        Ok(AmqpPublisher {
-            inner: Arc::new(Inner {
-                config,
-                exchange,
-                link,
-                pool,
-                current: SharedHandle::new(),
-            }),
-            lifecycle,
-        })
+        let backend = AmqpBackend {
+            config,
+            exchange,
+            link,
+            pool,
+            current: SharedHandle::new(),
+        };
+        Ok(Gated::from_parts(backend, lifecycle))
     }
 }
 
-impl AmqpPublisher {
-    /// A builder with [`AmqpConfig::default`].
-    pub fn builder() -> AmqpPublisherBuilder {
-        AmqpPublisherBuilder::default()
-    }
-
-    /// Builds from an `amqp://` URL (see [`AmqpConfig::from_url`]).
-    ///
-    /// # Errors
-    /// As [`AmqpPublisherBuilder::build`].
-    pub async fn from_url(url: &str) -> Result<Self> {
-        Self::builder()
-            .config(AmqpConfig::from_url(url)?)
-            .build()
-            .await
-    }
-
+impl AmqpBackend {
     /// The configuration in use.
     pub fn config(&self) -> &AmqpConfig {
-        &self.inner.config
+        &self.config
     }
 }
 
@@ -215,7 +194,7 @@ fn blocked() -> Error {
     )
 }
 
-impl Inner {
+impl AmqpBackend {
     fn pool_timeouts(&self) -> deadpool::managed::Timeouts {
         deadpool::managed::Timeouts {
             wait: Some(self.config.pool.wait_timeout),
@@ -353,10 +332,11 @@ impl Inner {
     }
 }
 
-impl Backend for Inner {
-    fn name(&self) -> &'static str {
-        BACKEND
-    }
+impl Backend for AmqpBackend {
+    type Config = AmqpConfig;
+    type Builder = AmqpPublisherBuilder;
+
+    const NAME: &'static str = BACKEND;
 
     fn publish_timeout(&self) -> Duration {
         self.config.timeouts.publish
@@ -367,20 +347,13 @@ impl Backend for Inner {
     }
 
     async fn publish(&self, event: &Event) -> Result<Position> {
-        self.check(event)?;
         let channel = self.channel().await?;
         let outcome = self.send(&channel, event).await?;
         self.confirmed(event, outcome.await)
     }
 
     async fn publish_batch(&self, events: &[Event], results: &BatchResults) -> Result<()> {
-        let mut valid = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            match self.check(event) {
-                Ok(()) => valid.push(i),
-                Err(e) => results.set(i, Err(e)),
-            }
-        }
+        let valid: Vec<usize> = results.pending(events).map(|(i, _)| i).collect();
         if valid.is_empty() {
             return Ok(());
         }
@@ -430,9 +403,15 @@ impl Backend for Inner {
     }
 
     async fn teardown(self: Arc<Self>, td: Teardown) -> Result<usize> {
-        Inner::teardown(&self, td.remaining()).await;
+        AmqpBackend::teardown(&self, td.remaining()).await;
         Ok(0)
     }
-}
 
-publisher_core::gated_publisher!(AmqpPublisher);
+    fn config_from_url(url: &str) -> Result<AmqpConfig> {
+        AmqpConfig::from_url(url)
+    }
+
+    async fn connect(config: AmqpConfig) -> Result<AmqpPublisher> {
+        AmqpPublisherBuilder::default().config(config).build().await
+    }
+}

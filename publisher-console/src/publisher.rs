@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use publisher_core::{
-    BatchOutcome, BatchResults, CloseReport, Error, ErrorKind, Event, Health, Lifecycle, Position,
-    Publisher, Receipt, Result, Timeouts,
+    Backend, BatchResults, Error, ErrorKind, Event, Gated, Health, Lifecycle, Position, Result,
+    Teardown, Timeouts,
 };
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
@@ -54,7 +53,10 @@ fn io_error(e: std::io::Error) -> Error {
 /// flushed. A closed output (broken pipe) is an [`ErrorKind::Unavailable`] error, never a panic.
 /// A write that stalls past the publish timeout fails with `Timeout`, and the output then
 /// refuses further writes rather than risk interleaving a partial line.
-pub struct ConsolePublisher {
+pub type ConsolePublisher = Gated<ConsoleBackend>;
+
+/// The console [`Backend`]: the output, the lines waiting for it, and the format.
+pub struct ConsoleBackend {
     target: String,
     text: bool,
     color: bool,
@@ -65,16 +67,14 @@ pub struct ConsolePublisher {
     pending: Arc<std::sync::Mutex<Pending>>,
     output: Arc<Mutex<Option<Output>>>,
     seq: AtomicU64,
-    lifecycle: Lifecycle,
 }
 
-impl fmt::Debug for ConsolePublisher {
+impl fmt::Debug for ConsoleBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConsolePublisher")
+        f.debug_struct("ConsoleBackend")
             .field("target", &self.target)
             .field("format", &if self.text { "text" } else { "json" })
             .field("flush", &self.flush)
-            .field("closed", &self.is_closed())
             .finish()
     }
 }
@@ -187,7 +187,7 @@ impl ConsolePublisherBuilder {
         let color = cfg
             .color
             .unwrap_or_else(|| terminal && std::env::var_os("NO_COLOR").is_none());
-        Ok(ConsolePublisher {
+        let backend = ConsoleBackend {
             target,
             text,
             color,
@@ -205,37 +205,16 @@ impl ConsolePublisherBuilder {
                 spare: Vec::with_capacity(BUFFER),
             }))),
             seq: AtomicU64::new(0),
-            lifecycle: Lifecycle::new(BACKEND, cfg.timeouts.close),
-        })
+        };
+        Ok(Gated::from_parts(
+            backend,
+            Lifecycle::new(BACKEND, cfg.timeouts.close),
+        ))
     }
 }
 
-impl ConsolePublisher {
-    /// A builder (defaults: stdout, auto format, flush every event).
-    pub fn builder() -> ConsolePublisherBuilder {
-        ConsolePublisherBuilder::default()
-    }
-
-    /// A publisher on stdout with defaults.
-    ///
-    /// # Errors
-    /// As [`ConsolePublisherBuilder::build`].
-    pub fn stdout() -> Result<Self> {
-        Self::builder().build()
-    }
-
-    /// A publisher built from a `console://` URL (see [`ConsoleConfig::from_url`]).
-    ///
-    /// # Errors
-    /// `Config` naming the field at fault.
-    pub fn from_url(url: &str) -> Result<Self> {
-        Self::builder()
-            .config(ConsoleConfig::from_url(url)?)
-            .build()
-    }
-
+impl ConsoleBackend {
     fn encode(&self, event: &Event, out: &mut Vec<u8>) -> Result<()> {
-        event.validate(BACKEND)?;
         if self.text {
             encode_text(event, self.color, out)
         } else {
@@ -270,12 +249,13 @@ impl ConsolePublisher {
         Ok(pending.buf.len() >= BUFFER)
     }
 
-    /// Appends a batch's lines under one lock acquisition; one result per event.
-    fn append_all(&self, events: &[Event]) -> Vec<Result<()>> {
+    /// Appends the lines of a batch's events still without a result under one lock
+    /// acquisition; one result per event appended.
+    fn append_all(&self, events: &[Event], results: &BatchResults) -> Vec<(usize, Result<()>)> {
         let mut pending = self.pending();
-        events
-            .iter()
-            .map(|e| self.encode_into(&mut pending, e))
+        results
+            .pending(events)
+            .map(|(i, e)| (i, self.encode_into(&mut pending, e)))
             .collect()
     }
 
@@ -286,11 +266,6 @@ impl ConsolePublisher {
 
     fn position(&self) -> Position {
         Position::Sequence(self.seq.fetch_add(1, Ordering::Relaxed) + 1)
-    }
-
-    fn receipt_owned(&self, event: Event) -> Receipt {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        Receipt::from_event(event, Position::Sequence(seq))
     }
 }
 
@@ -343,59 +318,55 @@ async fn drain(
     Ok(())
 }
 
-#[async_trait]
-impl Publisher for ConsolePublisher {
-    fn backend(&self) -> &'static str {
-        BACKEND
+impl Backend for ConsoleBackend {
+    type Config = ConsoleConfig;
+    type Builder = ConsolePublisherBuilder;
+
+    const NAME: &'static str = BACKEND;
+
+    fn publish_timeout(&self) -> Duration {
+        self.timeouts.publish
     }
 
-    async fn publish(&self, event: Event) -> Result<Receipt> {
-        self.lifecycle
-            .run(self.timeouts.publish, "console write", async {
-                let due = self.append(&event)?;
-                let flush = self.flush == FlushPolicy::Event;
-                if flush || due {
-                    // Boxed: with `FlushPolicy::Batch` most publishes never write, and the
-                    // write's state would make every publish's future larger.
-                    Box::pin(self.drain(flush)).await?;
-                }
-                Ok(self.receipt_owned(event))
-            })
-            .await
+    fn check(&self, event: &Event) -> Result<()> {
+        event.validate(BACKEND)?;
+        if self.text && event.payload_str().is_none() {
+            return Err(Error::invalid_event(
+                BACKEND,
+                "payload",
+                "payload is not UTF-8 and cannot be shown in text format (use format=json)",
+            ));
+        }
+        Ok(())
     }
 
-    async fn publish_batch(&self, events: Vec<Event>) -> BatchOutcome {
-        let results = BatchResults::new(events.len());
-        self.lifecycle
-            .run_batch(
-                self.timeouts.publish,
-                "console batch write",
-                &events,
-                &results,
-                // Only used when the whole batch failed: keeps per-event errors per event.
-                |e| self.encode(e, &mut Vec::new()),
-                async {
-                    let mut any = false;
-                    for (i, r) in self.append_all(&events).into_iter().enumerate() {
-                        match r {
-                            Ok(()) => any = true,
-                            Err(e) => results.set(i, Err(e)),
-                        }
-                    }
-                    if any {
-                        self.drain(true).await?;
-                    }
-                    results.set_rest(|_| Ok(self.position()));
-                    Ok(())
-                },
-            )
-            .await
+    async fn publish(&self, event: &Event) -> Result<Position> {
+        let due = self.append(event)?;
+        let flush = self.flush == FlushPolicy::Event;
+        if flush || due {
+            // Boxed: with `FlushPolicy::Batch` most publishes never write, and the write's
+            // state would make every publish's future larger.
+            Box::pin(self.drain(flush)).await?;
+        }
+        Ok(self.position())
+    }
+
+    async fn publish_batch(&self, events: &[Event], results: &BatchResults) -> Result<()> {
+        let mut any = false;
+        for (i, r) in self.append_all(events, results) {
+            match r {
+                Ok(()) => any = true,
+                Err(e) => results.set(i, Err(e)),
+            }
+        }
+        if any {
+            self.drain(true).await?;
+        }
+        results.set_rest(|_| Ok(self.position()));
+        Ok(())
     }
 
     async fn health(&self) -> Health {
-        if self.is_closed() {
-            return Health::closed(BACKEND);
-        }
         let started = Instant::now();
         match tokio::time::timeout(self.timeouts.health, self.output.lock()).await {
             Ok(guard) => match guard.as_ref() {
@@ -417,32 +388,31 @@ impl Publisher for ConsolePublisher {
         }
     }
 
-    async fn close(&self) -> Result<CloseReport> {
-        let (output, pending) = (self.output.clone(), self.pending.clone());
-        self.lifecycle
-            .close(move |td| async move {
-                let limit = td.remaining().max(Duration::from_millis(100));
-                let written = tokio::time::timeout(limit, drain(&output, &pending, true))
-                    .await
-                    .map_err(|_| Error::timeout(BACKEND, "close: writing pending lines", limit))?;
-                let mut guard = output.lock().await;
-                if let Some(mut out) = guard.take() {
-                    if written.is_ok() && out.owned {
-                        out.writer.shutdown().await.map_err(io_error)?;
-                    }
-                    if out.poisoned || written.is_err() {
-                        // The output is broken: unflushed and pending lines may never have
-                        // reached it.
-                        let left = pending.lock().unwrap_or_else(|p| p.into_inner()).lines;
-                        return Ok(out.unflushed + left);
-                    }
-                }
-                written.map(|()| 0)
-            })
+    async fn teardown(self: Arc<Self>, td: Teardown) -> Result<usize> {
+        let (output, pending) = (&self.output, &self.pending);
+        let limit = td.remaining().max(Duration::from_millis(100));
+        let written = tokio::time::timeout(limit, drain(output, pending, true))
             .await
+            .map_err(|_| Error::timeout(BACKEND, "close: writing pending lines", limit))?;
+        let mut guard = output.lock().await;
+        if let Some(mut out) = guard.take() {
+            if written.is_ok() && out.owned {
+                out.writer.shutdown().await.map_err(io_error)?;
+            }
+            if out.poisoned || written.is_err() {
+                // The output is broken: unflushed and pending lines may never have reached it.
+                let left = pending.lock().unwrap_or_else(|p| p.into_inner()).lines;
+                return Ok(out.unflushed + left);
+            }
+        }
+        written.map(|()| 0)
     }
 
-    fn is_closed(&self) -> bool {
-        self.lifecycle.is_closed()
+    fn config_from_url(url: &str) -> Result<ConsoleConfig> {
+        ConsoleConfig::from_url(url)
+    }
+
+    async fn connect(config: ConsoleConfig) -> Result<ConsolePublisher> {
+        ConsolePublisherBuilder::default().config(config).build()
     }
 }

@@ -17,8 +17,9 @@ use tokio::io::AsyncWrite;
 async fn file_target_receives_every_line_and_is_flushed_at_close() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.jsonl");
-    let p =
-        ConsolePublisher::from_url(&format!("console://{}?flush=batch", path.display())).unwrap();
+    let p = ConsolePublisher::from_url(&format!("console://{}?flush=batch", path.display()))
+        .await
+        .unwrap();
     let mut ids = Vec::new();
     for i in 0..100 {
         let e = Event::json("orders", &serde_json::json!({ "i": i })).unwrap();
@@ -195,7 +196,9 @@ async fn bad_config_is_typed_and_names_the_field() {
         .unwrap_err();
     assert_eq!(err.field(), Some("target"));
 
-    let err = ConsolePublisher::from_url("console://stdout?flush=sometimes").unwrap_err();
+    let err = ConsolePublisher::from_url("console://stdout?flush=sometimes")
+        .await
+        .unwrap_err();
     assert_eq!(err.field(), Some("flush"));
 }
 

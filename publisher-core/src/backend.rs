@@ -1,65 +1,89 @@
-//! [`Backend`] and [`gated_publisher!`](crate::gated_publisher): the broker-specific half of a
-//! publisher, and the macro that puts it behind the [`Lifecycle`](crate::Lifecycle) gate.
+//! [`Backend`]: the broker-specific half of a publisher. [`Gated`](crate::Gated) puts any
+//! backend behind the [`Lifecycle`](crate::Lifecycle) gate and makes it a
+//! [`Publisher`](crate::Publisher).
 //!
-//! A backend crate keeps a struct with two fields, `inner: Arc<B>` (its [`Backend`]) and
-//! `lifecycle: Lifecycle`, and writes `publisher_core::gated_publisher!(MyPublisher);`. The
-//! macro implements [`Publisher`](crate::Publisher) once for all of them: every publish and
-//! batch runs through the gate with the backend's publish timeout, `health` of a closed
-//! publisher is unhealthy without asking the broker, and `close` runs the backend's teardown
-//! once.
+//! A backend crate writes one struct (its connections and config), implements [`Backend`] for
+//! it, and names its publisher `pub type MyPublisher = Gated<MyBackend>;`. The memory backend
+//! ([`MemoryBackend`](crate::MemoryBackend), `publisher-core/src/memory.rs`) is the smallest
+//! complete example; copy it.
 
+use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{BatchResults, Event, Health, Position, Result, Teardown};
+use serde::de::DeserializeOwned;
 
-/// What a broker backend supplies; the gate supplies everything else.
+use crate::{BatchResults, Event, Gated, Health, Position, Publisher, Result, Teardown};
+
+/// What a broker backend supplies; the gate ([`Gated`]) supplies everything else: admission
+/// and refusal after close, the publish timeout, the close deadline and drain, the check of
+/// every event before it reaches [`Backend::publish`], receipts, and unhealthy-after-close.
 ///
-/// Implementations may write these methods as `async fn`. The trait is used only through
-/// [`gated_publisher!`](crate::gated_publisher), never as a trait object, so its futures are
-/// not boxed: a publish costs one allocation (the [`Publisher`](crate::Publisher) future), not
-/// two.
-pub trait Backend: Send + Sync + 'static {
-    /// The backend's name (`redis`, `amqp`, `kafka`, …).
-    fn name(&self) -> &'static str;
+/// Implementations may write the methods as `async fn`. The trait is used only through
+/// [`Gated`], never as a trait object, so its futures are not boxed: a publish costs one
+/// allocation (the [`Publisher`] future), not two.
+pub trait Backend: Debug + Send + Sync + Sized + 'static {
+    /// The backend's configuration: what [`Backend::connect`] takes, and what one table of the
+    /// facade's `PublisherConfig` (TOML, environment) deserializes into.
+    type Config: Debug + DeserializeOwned + Send + 'static;
+
+    /// The backend's builder ([`Gated::builder`]): the config plus what a URL cannot say
+    /// (clients the caller lends, writers, stores).
+    type Builder: Default;
+
+    /// The backend's name (`redis`, `amqp`, `kafka`, …) in errors, health reports and the
+    /// facade's configuration.
+    const NAME: &'static str;
 
     /// Bound of one publish or batch, from the backend's config.
     fn publish_timeout(&self) -> Duration;
 
-    /// Checks an event without sending it (used to keep per-event errors per event when a
-    /// whole batch fails).
+    /// Checks an event without sending it. The gate calls it once per event, before
+    /// [`Backend::publish`] or [`Backend::publish_batch`] see the event, and again for the
+    /// events of a batch that failed as a whole (so that a bad event is reported as such).
     ///
     /// # Errors
     /// `InvalidEvent` naming the field.
     fn check(&self, event: &Event) -> Result<()>;
 
-    /// Publishes one event and waits for the broker's confirmation; returns where the broker
-    /// put it (the gate turns it into the [`Receipt`](crate::Receipt), taking the event's topic
-    /// without a copy).
+    /// Publishes one event (already [checked](Backend::check)) and waits for the broker's
+    /// confirmation; returns where the broker put it (the gate turns it into the
+    /// [`Receipt`](crate::Receipt), taking the event's topic without a copy).
     ///
     /// # Errors
-    /// As [`Publisher::publish`](crate::Publisher::publish).
+    /// As [`Publisher::publish`].
     fn publish(&self, event: &Event) -> impl Future<Output = Result<Position>> + Send;
 
     /// Publishes a batch, recording each event's result in `results` (by index, in the order
     /// of `events`) as soon as the broker answers for it: a result recorded before the batch
     /// times out or is abandoned is kept, the others get `OutcomeUnknown` from the gate.
     ///
+    /// Events that failed the gate's check already hold their error: send only
+    /// [`BatchResults::pending`]. The default publishes those one after the other.
+    ///
     /// # Errors
     /// When the batch could not be sent at all: every event without a recorded result gets
-    /// this error (or its own [`Backend::check`] error). The error must say `OutcomeUnknown`
-    /// if any of those events may have reached the broker.
+    /// this error. The error must say `OutcomeUnknown` if any of those events may have reached
+    /// the broker.
     fn publish_batch(
         &self,
         events: &[Event],
         results: &BatchResults,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            for (i, event) in results.pending(events) {
+                results.set(i, self.publish(event).await);
+            }
+            Ok(())
+        }
+    }
 
-    /// Checks the broker, bounded by the health timeout.
+    /// Checks the broker, bounded by the health timeout. Only called while the publisher is
+    /// open.
     fn health(&self) -> impl Future<Output = Health> + Send;
 
-    /// Releases connections after the drain; returns what it could not deliver.
+    /// Releases connections after the drain; returns how many events it could not deliver.
     ///
     /// # Errors
     /// When tearing down failed.
@@ -67,69 +91,33 @@ pub trait Backend: Send + Sync + 'static {
         self: Arc<Self>,
         teardown: Teardown,
     ) -> impl Future<Output = Result<usize>> + Send + 'static;
+
+    /// Parses one of the backend's URLs into its config.
+    ///
+    /// # Errors
+    /// `Config` naming the URL parameter at fault.
+    fn config_from_url(url: &str) -> Result<Self::Config>;
+
+    /// Validates `config` and opens the publisher it describes (bounded by its connect
+    /// timeout).
+    ///
+    /// # Errors
+    /// `Config` naming the field at fault; the backend's connection errors.
+    fn connect(config: Self::Config) -> impl Future<Output = Result<Gated<Self>>> + Send;
 }
 
-/// Implements [`Publisher`](crate::Publisher) for a struct with fields `inner: Arc<B>` where
-/// `B: Backend`, and `lifecycle: Lifecycle`. See the [module docs](crate::backend).
-#[macro_export]
-macro_rules! gated_publisher {
-    ($ty:ty) => {
-        #[$crate::async_trait]
-        impl $crate::Publisher for $ty {
-            fn backend(&self) -> &'static str {
-                $crate::backend::Backend::name(&*self.inner)
-            }
-
-            async fn publish(&self, event: $crate::Event) -> $crate::Result<$crate::Receipt> {
-                let inner = &*self.inner;
-                let position = self
-                    .lifecycle
-                    .run(
-                        $crate::backend::Backend::publish_timeout(inner),
-                        "publish",
-                        $crate::backend::Backend::publish(inner, &event),
-                    )
-                    .await?;
-                Ok($crate::Receipt::from_event(event, position))
-            }
-
-            async fn publish_batch(&self, events: Vec<$crate::Event>) -> $crate::BatchOutcome {
-                let inner = &*self.inner;
-                let results = $crate::BatchResults::new(events.len());
-                self.lifecycle
-                    .run_batch(
-                        $crate::backend::Backend::publish_timeout(inner),
-                        "batch publish",
-                        &events,
-                        &results,
-                        |e| $crate::backend::Backend::check(inner, e),
-                        $crate::backend::Backend::publish_batch(inner, &events, &results),
-                    )
-                    .await
-            }
-
-            async fn health(&self) -> $crate::Health {
-                if self.lifecycle.is_closed() {
-                    return $crate::Health::closed($crate::backend::Backend::name(&*self.inner));
-                }
-                $crate::backend::Backend::health(&*self.inner).await
-            }
-
-            async fn close(&self) -> $crate::Result<$crate::CloseReport> {
-                let inner = ::std::sync::Arc::clone(&self.inner);
-                self.lifecycle
-                    .close(move |td| $crate::backend::Backend::teardown(inner, td))
-                    .await
-            }
-
-            fn is_closed(&self) -> bool {
-                self.lifecycle.is_closed()
-            }
-        }
-    };
-}
-
-/// What a backend crate's `open(url)` returns: the publisher its URL describes, boxed. The
-/// facade (`publisher::from_url`) registers each backend by its schemes and this function.
+/// What [`open`] returns: the publisher a URL describes, boxed. The facade
+/// (`publisher::from_url`) registers each backend by its schemes and [`open`].
 pub type Opening<'a> =
-    std::pin::Pin<Box<dyn Future<Output = Result<Box<dyn crate::Publisher>>> + Send + 'a>>;
+    std::pin::Pin<Box<dyn Future<Output = Result<Box<dyn Publisher>>> + Send + 'a>>;
+
+/// Opens backend `B` from one of its URLs, boxed: the facade's registry holds `open::<B>` per
+/// scheme.
+pub fn open<B: Backend>(url: &str) -> Opening<'_> {
+    Box::pin(async move { Ok(Box::new(Gated::<B>::from_url(url).await?) as Box<dyn Publisher>) })
+}
+
+/// Opens backend `B` from its config, boxed (the facade's `PublisherConfig`).
+pub fn open_config<B: Backend>(config: B::Config) -> Opening<'static> {
+    Box::pin(async move { Ok(Box::new(B::connect(config).await?) as Box<dyn Publisher>) })
+}

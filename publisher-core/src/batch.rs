@@ -43,6 +43,19 @@ impl BatchResults {
         }
     }
 
+    /// The events of `events` that have no result yet, with their index: at the start of
+    /// [`Backend::publish_batch`](crate::Backend::publish_batch), those that passed the gate's
+    /// check, the ones to send.
+    pub fn pending<'e>(&'e self, events: &'e [Event]) -> impl Iterator<Item = (usize, &'e Event)> {
+        debug_assert_eq!(events.len(), self.slots.len());
+        self.slots
+            .iter()
+            .zip(events)
+            .enumerate()
+            .filter(|(_, (slot, _))| slot.get().is_none())
+            .map(|(i, (_, event))| (i, event))
+    }
+
     /// Number of events in the batch.
     pub fn len(&self) -> usize {
         self.slots.len()

@@ -8,6 +8,7 @@ pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod event;
+mod gated;
 pub mod guard;
 pub mod health;
 pub mod layers;
@@ -31,10 +32,13 @@ pub use batch::BatchResults;
 pub use config::{PoolConfig, Timeouts};
 pub use error::{Error, ErrorKind, Result};
 pub use event::Event;
+pub use gated::Gated;
 pub use guard::{CloseGuard, scoped};
 pub use health::{Health, HealthStatus};
 pub use lifecycle::{InFlight, Lifecycle, Teardown};
-pub use memory::{Fault, MemoryPublisher, MemoryPublisherBuilder, MemoryStore};
+pub use memory::{
+    Fault, MemoryBackend, MemoryConfig, MemoryPublisher, MemoryPublisherBuilder, MemoryStore,
+};
 pub use outcome::{BatchOutcome, CloseReport, Position, Receipt};
 pub use publisher::Publisher;
 pub use shared::SharedHandle;

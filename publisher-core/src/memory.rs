@@ -1,18 +1,18 @@
-//! [`MemoryPublisher`]: an in-process publisher for tests, with injectable failures.
+//! [`MemoryPublisher`]: an in-process publisher for tests, with injectable failures; and
+//! [`MemoryBackend`], the worked example of a [`Backend`].
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use crate::config::Timeouts;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use crate::health::Health;
-use crate::lifecycle::Lifecycle;
-use crate::outcome::{CloseReport, Position, Receipt};
-use crate::publisher::Publisher;
+use crate::lifecycle::{Lifecycle, Teardown};
+use crate::outcome::Position;
+use crate::{Backend, Gated, UrlOptions};
 
 const BACKEND: &str = "memory";
 
@@ -91,7 +91,7 @@ impl MemoryStore {
     }
 }
 
-/// A fault the [`MemoryPublisher`] injects into its publishes.
+/// A fault the [`MemoryBackend`] injects into its publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Fault {
@@ -108,9 +108,18 @@ struct Faults {
     delay: Duration,
 }
 
-/// A publisher that stores events in a [`MemoryStore`], runs through the same lifecycle as every
-/// real backend, and can be told to fail, nack or delay. It passes the whole conformance suite,
-/// so it stands in for a broker in users' own tests.
+/// How a [`MemoryPublisher`] is built: the timeouts (deserializable, so `[memory]` in the
+/// facade's TOML is a memory publisher with default timeouts).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// The timeouts (default: [`Timeouts::default`]).
+    pub timeouts: Timeouts,
+}
+
+/// An in-process publisher that stores events in a [`MemoryStore`], runs through the same gate
+/// as every real backend, and can be told to fail, nack or delay. It passes the whole
+/// conformance suite, so it stands in for a broker in users' own tests.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -118,26 +127,30 @@ struct Faults {
 /// use publisher_core::{ErrorKind, Event, MemoryPublisher, Publisher};
 ///
 /// let publisher = MemoryPublisher::new();
-/// publisher.fail_next(1, ErrorKind::Unavailable);
+/// publisher.get_ref().fail_next(1, ErrorKind::Unavailable);
 /// assert!(publisher.publish(Event::text("t", "first")).await.is_err());
 /// publisher.publish(Event::text("t", "second")).await?;
-/// assert_eq!(publisher.store().len(), 1);
+/// assert_eq!(publisher.get_ref().store().len(), 1);
 /// publisher.close().await?;
 /// # Ok(()) }
 /// ```
+pub type MemoryPublisher = Gated<MemoryBackend>;
+
+/// The memory [`Backend`]: the smallest complete backend, and the example a backend author
+/// copies. Its state is what a broker backend's would be (here a store instead of a
+/// connection); the gate does everything else.
 #[derive(Debug)]
-pub struct MemoryPublisher {
+pub struct MemoryBackend {
     store: MemoryStore,
     timeouts: Timeouts,
     faults: Mutex<Faults>,
-    lifecycle: Lifecycle,
 }
 
 /// Builds a [`MemoryPublisher`]; setters never fail, [`MemoryPublisherBuilder::build`] validates.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryPublisherBuilder {
     store: Option<MemoryStore>,
-    timeouts: Timeouts,
+    config: MemoryConfig,
 }
 
 impl MemoryPublisherBuilder {
@@ -149,7 +162,7 @@ impl MemoryPublisherBuilder {
 
     /// The timeouts (default: [`Timeouts::default`]).
     pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
-        self.timeouts = timeouts;
+        self.config.timeouts = timeouts;
         self
     }
 
@@ -158,13 +171,24 @@ impl MemoryPublisherBuilder {
     /// # Errors
     /// `Config` naming the invalid timeout.
     pub fn build(self) -> Result<MemoryPublisher> {
-        self.timeouts.validate(BACKEND)?;
-        Ok(MemoryPublisher {
+        let timeouts = self.config.timeouts;
+        timeouts.validate(BACKEND)?;
+        let backend = MemoryBackend {
             store: self.store.unwrap_or_default(),
-            timeouts: self.timeouts,
+            timeouts,
             faults: Mutex::default(),
-            lifecycle: Lifecycle::new(BACKEND, self.timeouts.close),
-        })
+        };
+        Ok(Gated::from_parts(
+            backend,
+            Lifecycle::new(BACKEND, timeouts.close),
+        ))
+    }
+}
+
+impl MemoryPublisher {
+    /// A publisher with a fresh store and default timeouts.
+    pub fn new() -> Self {
+        Self::builder().build().expect("default config is valid")
     }
 }
 
@@ -174,23 +198,13 @@ impl Default for MemoryPublisher {
     }
 }
 
-impl MemoryPublisher {
-    /// A publisher with a fresh store and default timeouts.
-    pub fn new() -> Self {
-        Self::builder().build().expect("default config is valid")
-    }
-
-    /// A builder.
-    pub fn builder() -> MemoryPublisherBuilder {
-        MemoryPublisherBuilder::default()
-    }
-
+impl MemoryBackend {
     /// The store this publisher writes to.
     pub fn store(&self) -> &MemoryStore {
         &self.store
     }
 
-    /// Every publish from now on fails with `fault` (until [`MemoryPublisher::clear_faults`]).
+    /// Every publish from now on fails with `fault` (until [`MemoryBackend::clear_faults`]).
     pub fn set_fault(&self, fault: Option<Fault>) {
         lock(&self.faults).always = fault;
     }
@@ -221,9 +235,23 @@ impl MemoryPublisher {
         };
         (fault, f.delay)
     }
+}
 
-    async fn publish_inner(&self, event: Event) -> Result<Receipt> {
-        event.validate(BACKEND)?;
+impl Backend for MemoryBackend {
+    type Config = MemoryConfig;
+    type Builder = MemoryPublisherBuilder;
+
+    const NAME: &'static str = BACKEND;
+
+    fn publish_timeout(&self) -> Duration {
+        self.timeouts.publish
+    }
+
+    fn check(&self, event: &Event) -> Result<()> {
+        event.validate(BACKEND)
+    }
+
+    async fn publish(&self, event: &Event) -> Result<Position> {
         let (fault, delay) = self.take_fault();
         if delay.is_zero() {
             // A broker answers later, never within the call: a publish stays in flight across
@@ -234,55 +262,35 @@ impl MemoryPublisher {
             tokio::time::sleep(delay).await;
         }
         match fault {
-            Some(Fault::Fail(kind)) => {
-                return Err(Error::new(kind, BACKEND, "injected failure"));
-            }
-            Some(Fault::Nack) => {
-                return Err(Error::new(
-                    ErrorKind::Rejected,
-                    BACKEND,
-                    "injected nack: the broker refused the event",
-                ));
-            }
-            None => {}
+            Some(Fault::Fail(kind)) => Err(Error::new(kind, BACKEND, "injected failure")),
+            Some(Fault::Nack) => Err(Error::new(
+                ErrorKind::Rejected,
+                BACKEND,
+                "injected nack: the broker refused the event",
+            )),
+            None => Ok(Position::Sequence(self.store.push(event.clone()))),
         }
-        let receipt = Receipt {
-            event_id: event.id(),
-            topic: event.topic().to_owned(),
-            position: Position::None,
-        };
-        let seq = self.store.push(event);
-        Ok(Receipt {
-            position: Position::Sequence(seq),
-            ..receipt
-        })
-    }
-}
-
-#[async_trait]
-impl Publisher for MemoryPublisher {
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-
-    async fn publish(&self, event: Event) -> Result<Receipt> {
-        self.lifecycle
-            .run(self.timeouts.publish, "publish", self.publish_inner(event))
-            .await
     }
 
     async fn health(&self) -> Health {
-        if self.is_closed() {
-            return Health::closed(BACKEND);
-        }
         Health::healthy(BACKEND, Some(Duration::ZERO), "in memory")
     }
 
-    async fn close(&self) -> Result<CloseReport> {
-        self.lifecycle.close(|_| async { Ok(0) }).await
+    async fn teardown(self: Arc<Self>, _: Teardown) -> Result<usize> {
+        Ok(0)
     }
 
-    fn is_closed(&self) -> bool {
-        self.lifecycle.is_closed()
+    /// `memory://`: a fresh store and default timeouts (the URL takes no parameters).
+    fn config_from_url(url: &str) -> Result<MemoryConfig> {
+        let (base, options) = UrlOptions::split(BACKEND, url)?;
+        if !base.eq_ignore_ascii_case("memory://") {
+            return Err(Error::config(BACKEND, "url", "expected `memory://`"));
+        }
+        options.finish(&[])?;
+        Ok(MemoryConfig::default())
+    }
+
+    async fn connect(config: MemoryConfig) -> Result<MemoryPublisher> {
+        MemoryPublisher::builder().timeouts(config.timeouts).build()
     }
 }

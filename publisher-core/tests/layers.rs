@@ -92,7 +92,7 @@ mod stacked {
 #[tokio::test]
 async fn timeout_bounds_a_slow_publish_and_is_retryable() {
     let inner = MemoryPublisher::new();
-    inner.set_delay(Duration::from_secs(5));
+    inner.get_ref().set_delay(Duration::from_secs(5));
     let p = inner.with_timeout(Duration::from_millis(50)).unwrap();
     let started = Instant::now();
     let err = p.publish(Event::text("t", "x")).await.unwrap_err();
@@ -100,7 +100,7 @@ async fn timeout_bounds_a_slow_publish_and_is_retryable() {
     assert_eq!(err.kind(), ErrorKind::OutcomeUnknown);
     assert!(err.is_retryable());
     assert!(started.elapsed() < Duration::from_millis(500));
-    assert!(p.inner().store().is_empty());
+    assert!(p.inner().get_ref().store().is_empty());
     let err = MemoryPublisher::new()
         .with_timeout(Duration::ZERO)
         .unwrap_err();
@@ -110,8 +110,8 @@ async fn timeout_bounds_a_slow_publish_and_is_retryable() {
 #[tokio::test]
 async fn retry_retries_retryable_failures_until_success() {
     let inner = MemoryPublisher::new();
-    inner.fail_next(3, ErrorKind::Unavailable);
-    let store = inner.store().clone();
+    inner.get_ref().fail_next(3, ErrorKind::Unavailable);
+    let store = inner.get_ref().store().clone();
     let p = inner.with_retry(policy()).unwrap();
     let receipt = p.publish(Event::text("t", "x")).await.unwrap();
     assert_eq!(store.len(), 1);
@@ -127,19 +127,21 @@ async fn retry_never_retries_rejected_config_invalid_or_closed() {
         ErrorKind::Closed,
     ] {
         let inner = Arc::new(MemoryPublisher::new());
-        inner.fail_next(1, kind);
+        inner.get_ref().fail_next(1, kind);
         let p = inner.clone().with_retry(policy()).unwrap();
         let err = p.publish(Event::text("t", "x")).await.unwrap_err();
         assert_eq!(err.kind(), kind);
         // The second publish would have succeeded: it was never attempted.
-        assert!(inner.store().is_empty(), "{kind:?} was retried");
+        assert!(inner.get_ref().store().is_empty(), "{kind:?} was retried");
     }
 }
 
 #[tokio::test]
 async fn retry_gives_up_after_max_retries_with_the_last_error() {
     let inner = Arc::new(MemoryPublisher::new());
-    inner.set_fault(Some(Fault::Fail(ErrorKind::Connect)));
+    inner
+        .get_ref()
+        .set_fault(Some(Fault::Fail(ErrorKind::Connect)));
     let counting = Counting::new(inner.clone());
     let attempts = counting.publishes.clone();
     let p = counting
@@ -160,7 +162,9 @@ async fn retry_gives_up_after_max_retries_with_the_last_error() {
 #[tokio::test]
 async fn stacked_retries_do_not_multiply_attempts() {
     let inner = Arc::new(MemoryPublisher::new());
-    inner.set_fault(Some(Fault::Fail(ErrorKind::Unavailable)));
+    inner
+        .get_ref()
+        .set_fault(Some(Fault::Fail(ErrorKind::Unavailable)));
     let counting = Counting::new(inner.clone());
     let attempts = counting.publishes.clone();
     let retry = RetryPolicy {
@@ -186,8 +190,8 @@ async fn retry_after_an_unknown_outcome_never_reports_nothing_sent() {
     // First attempt: outcome unknown (the event may be at the broker); the later attempts say
     // "nothing sent". Giving up must still say the event may be at the broker.
     let inner = Arc::new(MemoryPublisher::new());
-    inner.fail_next(1, ErrorKind::OutcomeUnknown);
-    inner.fail_next(10, ErrorKind::Unavailable);
+    inner.get_ref().fail_next(1, ErrorKind::OutcomeUnknown);
+    inner.get_ref().fail_next(10, ErrorKind::Unavailable);
     let p = inner
         .clone()
         .with_retry(RetryPolicy {
@@ -200,15 +204,15 @@ async fn retry_after_an_unknown_outcome_never_reports_nothing_sent() {
     assert!(!err.is_retryable());
     // And a rejection after an unknown attempt is no proof that nothing was sent either.
     let inner = Arc::new(MemoryPublisher::new());
-    inner.fail_next(1, ErrorKind::OutcomeUnknown);
-    inner.fail_next(1, ErrorKind::Rejected);
+    inner.get_ref().fail_next(1, ErrorKind::OutcomeUnknown);
+    inner.get_ref().fail_next(1, ErrorKind::Rejected);
     let p = inner.clone().with_retry(policy()).unwrap();
     let err = p.publish(Event::text("t", "x")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::OutcomeUnknown, "{err}");
     // In a batch too.
     let inner = Arc::new(MemoryPublisher::new());
-    inner.fail_next(1, ErrorKind::OutcomeUnknown);
-    inner.fail_next(10, ErrorKind::Unavailable);
+    inner.get_ref().fail_next(1, ErrorKind::OutcomeUnknown);
+    inner.get_ref().fail_next(10, ErrorKind::Unavailable);
     let p = inner
         .clone()
         .with_retry(RetryPolicy {
@@ -225,7 +229,9 @@ async fn retry_after_an_unknown_outcome_never_reports_nothing_sent() {
 #[tokio::test]
 async fn retry_honours_the_total_deadline() {
     let inner = MemoryPublisher::new();
-    inner.set_fault(Some(Fault::Fail(ErrorKind::Timeout)));
+    inner
+        .get_ref()
+        .set_fault(Some(Fault::Fail(ErrorKind::Timeout)));
     let p = inner
         .with_retry(RetryPolicy {
             min_delay: Duration::from_millis(100),
@@ -249,7 +255,7 @@ async fn retry_delays_grow_within_jitter_bounds() {
     // Without jitter the delays are exactly min, 2·min, 4·min; with jitter each delay is at
     // least the un-jittered one and at most twice it.
     let inner = MemoryPublisher::new();
-    inner.fail_next(3, ErrorKind::Unavailable);
+    inner.get_ref().fail_next(3, ErrorKind::Unavailable);
     let p = inner
         .with_retry(RetryPolicy {
             min_delay: Duration::from_millis(40),
@@ -272,7 +278,7 @@ async fn retry_batch_retries_only_the_failed_retryable_events() {
     let counting = Counting::new(inner.clone());
     let batches = counting.batches.clone();
     // The first two events of the first batch fail (retryable), the rest pass.
-    inner.fail_next(2, ErrorKind::Unavailable);
+    inner.get_ref().fail_next(2, ErrorKind::Unavailable);
     let p = counting.with_retry(policy()).unwrap();
     let events: Vec<Event> = (0..5).map(|i| Event::text("t", i.to_string())).collect();
     let outcome = p.publish_batch(events.clone()).await;
@@ -280,14 +286,14 @@ async fn retry_batch_retries_only_the_failed_retryable_events() {
     for (r, e) in outcome.results().iter().zip(&events) {
         assert_eq!(r.as_ref().unwrap().event_id, e.id());
     }
-    assert_eq!(inner.store().len(), 5, "no event stored twice");
+    assert_eq!(inner.get_ref().store().len(), 5, "no event stored twice");
     assert_eq!(batches.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limit_is_never_exceeded_under_a_thousand_publishes() {
     let inner = MemoryPublisher::new();
-    inner.set_delay(Duration::from_millis(2));
+    inner.get_ref().set_delay(Duration::from_millis(2));
     let counting = Counting::new(Arc::new(inner));
     let peak = counting.peak.clone();
     let p = Arc::new(ConcurrencyLimit::new(counting, 8, Duration::from_secs(30)).unwrap());
@@ -311,7 +317,7 @@ async fn concurrency_limit_is_never_exceeded_under_a_thousand_publishes() {
 #[tokio::test]
 async fn concurrency_limit_wait_is_bounded_and_typed() {
     let inner = MemoryPublisher::new();
-    inner.set_delay(Duration::from_millis(500));
+    inner.get_ref().set_delay(Duration::from_millis(500));
     let p = Arc::new(
         inner
             .with_concurrency_limit(1, Duration::from_millis(50))
@@ -340,14 +346,14 @@ fn metrics_are_recorded_with_backend_topic_and_kind_labels() {
             .unwrap();
         rt.block_on(async {
             let inner = MemoryPublisher::new();
-            inner.fail_next(1, ErrorKind::Rejected);
+            inner.get_ref().fail_next(1, ErrorKind::Rejected);
             let inner = Arc::new(inner);
             let p = Arc::new(inner.clone().with_metrics());
             assert!(p.publish(Event::text("orders", "nope")).await.is_err());
             p.publish(Event::text("orders", "12345")).await.unwrap();
             p.publish(Event::text("orders", "678")).await.unwrap();
             // One publish in flight when close begins; close is called three times.
-            inner.set_delay(Duration::from_millis(100));
+            inner.get_ref().set_delay(Duration::from_millis(100));
             let slow = {
                 let p = p.clone();
                 tokio::spawn(async move { p.publish(Event::text("late", "9")).await })
@@ -416,7 +422,7 @@ async fn trace_context_injects_the_current_span_as_traceparent() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let inner = MemoryPublisher::new();
-    let store = inner.store().clone();
+    let store = inner.get_ref().store().clone();
     let p = inner.with_trace_context();
     let span = tracing::info_span!("checkout");
     let expected = {

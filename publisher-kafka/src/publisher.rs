@@ -4,7 +4,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use publisher_core::{
-    Backend, BatchResults, Error, ErrorKind, Event, Health, Lifecycle, Position, Result, Teardown,
+    Backend, BatchResults, Error, ErrorKind, Event, Gated, Health, Lifecycle, Position, Result,
+    Teardown,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer, PurgeConfig};
@@ -26,21 +27,10 @@ const HEALTH_TOPIC: &str = "publisher health check";
 /// (with `acks=all`, the default, every in-sync replica): the receipt carries partition and
 /// offset. With idempotence (the default) producer retries neither duplicate nor reorder
 /// records, so events with the same key arrive in publish order.
-pub struct KafkaPublisher {
-    inner: Arc<Inner>,
-    lifecycle: Lifecycle,
-}
+pub type KafkaPublisher = Gated<KafkaBackend>;
 
-impl std::fmt::Debug for KafkaPublisher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaPublisher")
-            .field("config", &self.inner.config)
-            .field("closed", &self.lifecycle.is_closed())
-            .finish()
-    }
-}
-
-struct Inner {
+/// The Kafka [`Backend`]: the producer, the topics the broker confirmed and the config.
+pub struct KafkaBackend {
     config: KafkaConfig,
     /// Taken at close, so that librdkafka's threads and connections end with the close, not
     /// with the last reference to the publisher.
@@ -49,7 +39,15 @@ struct Inner {
     topics: KnownTopics,
 }
 
-impl Drop for Inner {
+impl std::fmt::Debug for KafkaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBackend")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for KafkaBackend {
     /// Dropping librdkafka's producer joins its threads and destroys its handle (100 to 600 ms
     /// of blocking): done on the blocking pool, never on an async worker.
     fn drop(&mut self) {
@@ -118,34 +116,19 @@ impl KafkaPublisherBuilder {
             .create()
             .map_err(|e| from_kafka(e, config.max_message_bytes))?;
         let lifecycle = Lifecycle::new(BACKEND, config.timeouts.close);
-        Ok(KafkaPublisher {
-            inner: Arc::new(Inner {
-                config,
-                producer: Mutex::new(Some(producer)),
-                topics: KnownTopics::default(),
-            }),
-            lifecycle,
-        })
+        let backend = KafkaBackend {
+            config,
+            producer: Mutex::new(Some(producer)),
+            topics: KnownTopics::default(),
+        };
+        Ok(Gated::from_parts(backend, lifecycle))
     }
 }
 
-impl KafkaPublisher {
-    /// A builder with [`KafkaConfig::default`].
-    pub fn builder() -> KafkaPublisherBuilder {
-        KafkaPublisherBuilder::default()
-    }
-
-    /// Builds from a `kafka://` URL (see [`KafkaConfig::from_url`]).
-    ///
-    /// # Errors
-    /// As [`KafkaPublisherBuilder::build`].
-    pub fn from_url(url: &str) -> Result<Self> {
-        Self::builder().config(KafkaConfig::from_url(url)?).build()
-    }
-
+impl KafkaBackend {
     /// The configuration in use.
     pub fn config(&self) -> &KafkaConfig {
-        &self.inner.config
+        &self.config
     }
 }
 
@@ -163,7 +146,7 @@ fn delivery_error(e: Error) -> Error {
     }
 }
 
-impl Inner {
+impl KafkaBackend {
     /// The delivery report's outcome. A failure may mean the producer itself is broken for
     /// good: a fatal librdkafka error, an idempotent producer the broker fences or whose
     /// sequence it lost, or an unknown broker error (after records timed out, librdkafka must bump its epoch; a broker that
@@ -323,10 +306,11 @@ impl Inner {
     }
 }
 
-impl Backend for Inner {
-    fn name(&self) -> &'static str {
-        BACKEND
-    }
+impl Backend for KafkaBackend {
+    type Config = KafkaConfig;
+    type Builder = KafkaPublisherBuilder;
+
+    const NAME: &'static str = BACKEND;
 
     fn publish_timeout(&self) -> Duration {
         self.config.timeouts.publish
@@ -337,7 +321,6 @@ impl Backend for Inner {
     }
 
     async fn publish(&self, event: &Event) -> Result<Position> {
-        validate(event, self.max())?;
         let producer = self.producer()?;
         self.topics
             .check(&producer, event.topic(), self.topic_wait())
@@ -354,13 +337,7 @@ impl Backend for Inner {
         let mut pending = Vec::with_capacity(events.len());
         // Each distinct topic looked up once, all at the same time: one slow topic does not
         // hold the others' events back.
-        let valid: Vec<Result<()>> = events.iter().map(|e| validate(e, self.max())).collect();
-        let mut topics: Vec<&str> = events
-            .iter()
-            .zip(&valid)
-            .filter(|(_, v)| v.is_ok())
-            .map(|(e, _)| e.topic())
-            .collect();
+        let mut topics: Vec<&str> = results.pending(events).map(|(_, e)| e.topic()).collect();
         topics.sort_unstable();
         topics.dedup();
         let looked_up = futures::future::join_all(
@@ -371,11 +348,8 @@ impl Backend for Inner {
         .await;
         let topic_ok: std::collections::HashMap<&str, Result<()>> =
             topics.into_iter().zip(looked_up).collect();
-        for (i, event) in events.iter().enumerate() {
-            let checked = valid[i]
-                .clone()
-                .and_then(|()| topic_ok.get(event.topic()).cloned().unwrap_or(Ok(())));
-            if let Err(e) = checked {
+        for (i, event) in results.pending(events) {
+            if let Some(Err(e)) = topic_ok.get(event.topic()).cloned() {
                 results.set(i, Err(e));
                 continue;
             }
@@ -432,8 +406,14 @@ impl Backend for Inner {
 
     async fn teardown(self: Arc<Self>, td: Teardown) -> Result<usize> {
         let limit = td.remaining().max(Duration::from_millis(100));
-        Inner::teardown(&self, limit, td.abandoned_in_flight).await
+        KafkaBackend::teardown(&self, limit, td.abandoned_in_flight).await
+    }
+
+    fn config_from_url(url: &str) -> Result<KafkaConfig> {
+        KafkaConfig::from_url(url)
+    }
+
+    async fn connect(config: KafkaConfig) -> Result<KafkaPublisher> {
+        KafkaPublisherBuilder::default().config(config).build()
     }
 }
-
-publisher_core::gated_publisher!(KafkaPublisher);

@@ -60,8 +60,8 @@ async fn invalid_topic_names_and_oversized_records_are_refused_locally() {
     publisher.close().await.unwrap();
 }
 
-#[test]
-fn malformed_urls_and_contradictions_are_config_errors() {
+#[tokio::test]
+async fn malformed_urls_and_contradictions_are_config_errors() {
     for (url, field) in [
         ("kafka:/broken", "url"),
         ("kafka://", "brokers"),
@@ -71,25 +71,28 @@ fn malformed_urls_and_contradictions_are_config_errors() {
         ("kafka://h:9092?compression=lzma", "compression"),
         ("kafka://h:9092?max_message_bytes=5", "max_message_bytes"),
     ] {
-        let err = KafkaPublisher::from_url(url).expect_err(url);
+        let err = KafkaPublisher::from_url(url).await.expect_err(url);
         assert_eq!(err.kind(), ErrorKind::Config, "{url}: {err}");
         assert_eq!(err.field(), Some(field), "{url}: {err}");
     }
 }
 
-#[test]
-fn unknown_librdkafka_property_is_a_config_error_at_build() {
-    let err = KafkaPublisher::from_url("kafka://127.0.0.1:9092?no.such.property=1").unwrap_err();
+#[tokio::test]
+async fn unknown_librdkafka_property_is_a_config_error_at_build() {
+    let err = KafkaPublisher::from_url("kafka://127.0.0.1:9092?no.such.property=1")
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     assert_eq!(err.field(), Some("properties"));
     assert!(err.message().contains("no.such.property"), "{err}");
 }
 
-#[test]
-fn sasl_password_never_shows_even_when_librdkafka_refuses_the_config() {
+#[tokio::test]
+async fn sasl_password_never_shows_even_when_librdkafka_refuses_the_config() {
     let err = KafkaPublisher::from_url(
         "kafka://127.0.0.1:9092?sasl.password=hunter2&security.protocol=bogus",
     )
+    .await
     .unwrap_err();
     assert_eq!(err.field(), Some("properties"));
     assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");

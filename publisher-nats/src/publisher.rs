@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use async_nats::connection::State;
 use async_nats::jetstream::context::{Context, ContextBuilder};
 use publisher_core::{
-    Backend, BatchResults, Error, Event, Health, Lifecycle, Position, Result, Teardown,
+    Backend, BatchResults, Error, Event, Gated, Health, Lifecycle, Position, Result, Teardown,
 };
 
 use crate::BACKEND;
@@ -21,21 +21,10 @@ use crate::mapping::{headers, validate};
 /// the sequence and whether JetStream took the event as a duplicate of one it already held
 /// (same event id within the stream's duplicate window: stored once). Publishes from one
 /// publisher are sent in order on one connection, so a stream stores them in publish order.
-pub struct NatsPublisher {
-    inner: Arc<Inner>,
-    lifecycle: Lifecycle,
-}
+pub type NatsPublisher = Gated<NatsBackend>;
 
-impl std::fmt::Debug for NatsPublisher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsPublisher")
-            .field("config", &self.inner.config)
-            .field("closed", &self.lifecycle.is_closed())
-            .finish()
-    }
-}
-
-struct Inner {
+/// The NATS JetStream [`Backend`]: the client, its JetStream context and the config.
+pub struct NatsBackend {
     config: NatsConfig,
     /// The server, password or token hidden, for messages.
     endpoint: String,
@@ -119,44 +108,32 @@ impl NatsPublisherBuilder {
         };
         // The gate exists once connected: a publisher that could not be built was never open.
         let lifecycle = Lifecycle::new(BACKEND, config.timeouts.close);
-        Ok(NatsPublisher {
-            inner: Arc::new(Inner {
-                config,
-                endpoint,
-                client,
-                jetstream,
-                max_payload,
-                lent,
-            }),
-            lifecycle,
-        })
+        let backend = NatsBackend {
+            config,
+            endpoint,
+            client,
+            jetstream,
+            max_payload,
+            lent,
+        };
+        Ok(Gated::from_parts(backend, lifecycle))
     }
 }
 
-impl NatsPublisher {
-    /// A builder with [`NatsConfig::default`].
-    pub fn builder() -> NatsPublisherBuilder {
-        NatsPublisherBuilder::default()
+impl std::fmt::Debug for NatsBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBackend")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
+}
 
-    /// Connects with a `nats://` or `tls://` URL (see [`NatsConfig::from_url`]).
-    ///
-    /// # Errors
-    /// As [`NatsPublisherBuilder::build`].
-    pub async fn from_url(url: &str) -> Result<Self> {
-        Self::builder()
-            .config(NatsConfig::from_url(url)?)
-            .build()
-            .await
-    }
-
+impl NatsBackend {
     /// The configuration in use.
     pub fn config(&self) -> &NatsConfig {
-        &self.inner.config
+        &self.config
     }
-}
 
-impl Inner {
     /// Hands the message to the client (it is then sent, now or on reconnection) and returns
     /// the wait for its PubAck.
     async fn send(
@@ -187,10 +164,11 @@ impl Inner {
     }
 }
 
-impl Backend for Inner {
-    fn name(&self) -> &'static str {
-        BACKEND
-    }
+impl Backend for NatsBackend {
+    type Config = NatsConfig;
+    type Builder = NatsPublisherBuilder;
+
+    const NAME: &'static str = BACKEND;
 
     fn publish_timeout(&self) -> Duration {
         self.config.timeouts.publish
@@ -201,20 +179,14 @@ impl Backend for Inner {
     }
 
     async fn publish(&self, event: &Event) -> Result<Position> {
-        validate(event, self.max_payload)?;
         let ack = self.send(event).await?;
         self.acked(ack, event.topic()).await
     }
 
     async fn publish_batch(&self, events: &[Event], results: &BatchResults) -> Result<()> {
-        let max = self.max_payload;
         let mut pending = Vec::with_capacity(events.len());
         // Sent in order, one after the other, then every PubAck awaited at once.
-        for (i, event) in events.iter().enumerate() {
-            if let Err(e) = validate(event, max) {
-                results.set(i, Err(e));
-                continue;
-            }
+        for (i, event) in results.pending(events) {
             match self.send(event).await {
                 Ok(ack) => pending.push((i, ack)),
                 Err(e) => results.set(i, Err(e)),
@@ -279,6 +251,12 @@ impl Backend for Inner {
         }
         Ok(0)
     }
-}
 
-publisher_core::gated_publisher!(NatsPublisher);
+    fn config_from_url(url: &str) -> Result<NatsConfig> {
+        NatsConfig::from_url(url)
+    }
+
+    async fn connect(config: NatsConfig) -> Result<NatsPublisher> {
+        NatsPublisherBuilder::default().config(config).build().await
+    }
+}

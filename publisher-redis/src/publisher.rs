@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use deadpool::Runtime;
 use publisher_core::envelope;
 use publisher_core::{
-    Backend, BatchResults, Error, ErrorKind, Event, Health, Lifecycle, Position, Result, Teardown,
+    Backend, BatchResults, Error, ErrorKind, Event, Gated, Health, Lifecycle, Position, Result,
+    Teardown,
 };
 use redis::{AsyncConnectionConfig, Client, RedisResult};
 
@@ -22,14 +23,12 @@ use publisher_core::config::redact_url as redact;
 ///
 /// `publish` returns Ok only after Redis replied to the command: the stream entry id in stream
 /// mode, the number of subscribers that received it in pub/sub mode.
-#[derive(Debug)]
-pub struct RedisPublisher {
-    inner: Arc<Inner>,
-    lifecycle: Lifecycle,
-}
+pub type RedisPublisher = Gated<RedisBackend>;
 
+/// The Redis [`Backend`]: the connection source (a shared multiplexed connection, or a pool
+/// the caller lent) and the config.
 #[derive(Debug)]
-struct Inner {
+pub struct RedisBackend {
     config: RedisConfig,
     source: Source,
     last_health: Mutex<Option<Health>>,
@@ -51,7 +50,7 @@ impl RedisPublisherBuilder {
     }
 
     /// The Redis URL (see [`RedisConfig::from_url`] for its query parameters, which are applied
-    /// when building with [`RedisPublisher::from_url`]).
+    /// when building with `RedisPublisher::from_url`).
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.config.url = url.into();
         self
@@ -148,7 +147,7 @@ impl RedisPublisherBuilder {
             }
         };
         let lifecycle = Lifecycle::new(BACKEND, config.timeouts.close);
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(RedisBackend {
             config,
             source,
             last_health: Mutex::new(None),
@@ -157,40 +156,24 @@ impl RedisPublisherBuilder {
             let monitor = inner.clone();
             lifecycle.spawn(async move { monitor.monitor(interval).await });
         }
-        Ok(RedisPublisher { inner, lifecycle })
+        Ok(Gated::from_parts(inner, lifecycle))
     }
 }
 
-impl RedisPublisher {
-    /// A builder with [`RedisConfig::default`].
-    pub fn builder() -> RedisPublisherBuilder {
-        RedisPublisherBuilder::default()
-    }
-
-    /// Builds from a `redis://` URL (see [`RedisConfig::from_url`]).
-    ///
-    /// # Errors
-    /// `Config` naming the field at fault.
-    pub fn from_url(url: &str) -> Result<Self> {
-        Self::builder().config(RedisConfig::from_url(url)?).build()
-    }
-
+impl RedisBackend {
     /// The configuration in use.
     pub fn config(&self) -> &RedisConfig {
-        &self.inner.config
+        &self.config
     }
 
     /// The last report of the background health monitor (`health_interval`), if it ran.
     pub fn last_health(&self) -> Option<Health> {
-        self.inner
-            .last_health
+        self.last_health
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
-}
 
-impl Inner {
     fn check(&self, event: &Event) -> Result<()> {
         event.validate(BACKEND)?;
         let limit = self.config.max_payload_bytes;
@@ -398,21 +381,21 @@ fn broken(e: &redis::RedisError) -> bool {
         || matches!(e.code(), Some("READONLY" | "MASTERDOWN"))
 }
 
-impl Backend for Inner {
-    fn name(&self) -> &'static str {
-        BACKEND
-    }
+impl Backend for RedisBackend {
+    type Config = RedisConfig;
+    type Builder = RedisPublisherBuilder;
+
+    const NAME: &'static str = BACKEND;
 
     fn publish_timeout(&self) -> Duration {
         self.config.timeouts.publish
     }
 
     fn check(&self, event: &Event) -> Result<()> {
-        Inner::check(self, event)
+        RedisBackend::check(self, event)
     }
 
     async fn publish(&self, event: &Event) -> Result<Position> {
-        self.check(event)?;
         let cmd = self.command(event);
         if self.config.wait_replicas > 0 {
             return self.publish_waiting(event, cmd).await;
@@ -430,14 +413,9 @@ impl Backend for Inner {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let mut sent = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            match self.check(event) {
-                Ok(()) => {
-                    pipe.add_command(self.command(event));
-                    sent.push(i);
-                }
-                Err(e) => results.set(i, Err(e)),
-            }
+        for (i, event) in results.pending(events) {
+            pipe.add_command(self.command(event));
+            sent.push(i);
         }
         if sent.is_empty() {
             return Ok(());
@@ -478,6 +456,12 @@ impl Backend for Inner {
         self.source.close_if_owned();
         Ok(0)
     }
-}
 
-publisher_core::gated_publisher!(RedisPublisher);
+    fn config_from_url(url: &str) -> Result<RedisConfig> {
+        RedisConfig::from_url(url)
+    }
+
+    async fn connect(config: RedisConfig) -> Result<RedisPublisher> {
+        RedisPublisherBuilder::default().config(config).build()
+    }
+}

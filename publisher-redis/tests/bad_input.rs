@@ -3,12 +3,12 @@
 mod support;
 
 use publisher_core::{ErrorKind, Event, Publisher};
-use publisher_redis::{Mode, RedisPublisher};
+use publisher_redis::{Mode, RedisConfig, RedisPublisher};
 use redis::AsyncCommands;
 use support::{client_conn, config, redis_url};
 
-#[test]
-fn malformed_urls_wrong_schemes_and_unknown_modes_are_config_errors() {
+#[tokio::test]
+async fn malformed_urls_wrong_schemes_and_unknown_modes_are_config_errors() {
     let cases = [
         ("redis://[::1", "url"),
         ("redis:/nohost", "url"),
@@ -21,13 +21,15 @@ fn malformed_urls_wrong_schemes_and_unknown_modes_are_config_errors() {
         ("redis://localhost?max_len=10", "url"),
     ];
     for (url, field) in cases {
-        let err = RedisPublisher::from_url(url).expect_err(url);
+        let err = RedisPublisher::from_url(url).await.expect_err(url);
         assert_eq!(err.kind(), ErrorKind::Config, "{url}: {err}");
         assert_eq!(err.field(), Some(field), "{url}: {err}");
     }
     #[cfg(not(feature = "tls"))]
     {
-        let err = RedisPublisher::from_url("rediss://localhost").unwrap_err();
+        let err = RedisPublisher::from_url("rediss://localhost")
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("`tls` feature"), "{err}");
     }
 }
@@ -38,11 +40,16 @@ fn building_outside_a_runtime_never_panics() {
         return;
     }
     // No Tokio runtime on this thread: a health monitor cannot start, and says so.
-    let err = RedisPublisher::from_url("redis://127.0.0.1:6379?health_interval=1s").unwrap_err();
+    let built = |url: &str| {
+        RedisPublisher::builder()
+            .config(RedisConfig::from_url(url).unwrap())
+            .build()
+    };
+    let err = built("redis://127.0.0.1:6379?health_interval=1s").unwrap_err();
     assert_eq!(err.field(), Some("health_interval"), "{err}");
     assert!(err.message().contains("Tokio runtime"), "{err}");
     // Without one, the publisher builds here and publishes once a runtime runs it.
-    let publisher = RedisPublisher::from_url(&redis_url()).unwrap();
+    let publisher = built(&redis_url()).unwrap();
     let topic = publisher_core::testing::unique_name("publisher-test.no-runtime");
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         publisher
@@ -176,7 +183,7 @@ async fn wrong_password_is_a_connect_error_without_the_password() {
         return;
     }
     let url = redis_url().replace("redis://", "redis://nobody:hunter2@");
-    let publisher = RedisPublisher::from_url(&url).unwrap();
+    let publisher = RedisPublisher::from_url(&url).await.unwrap();
     let err = publisher.publish(Event::text("t", "x")).await.unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Connect), "{err:?}");
     assert!(!format!("{err} {err:?}").contains("hunter2"));

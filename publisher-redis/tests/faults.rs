@@ -244,11 +244,11 @@ async fn health_monitor_runs_in_background_and_stops_on_close() {
     cfg.health_interval = Some(Duration::from_millis(50));
     let publisher = RedisPublisher::builder().config(cfg).build().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while publisher.last_health().is_none() {
+    while publisher.get_ref().last_health().is_none() {
         assert!(Instant::now() < deadline, "monitor never reported");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(publisher.last_health().unwrap().is_healthy());
+    assert!(publisher.get_ref().last_health().unwrap().is_healthy());
     let health = publisher.health().await;
     assert!(health.is_healthy());
     assert!(health.latency.is_some());

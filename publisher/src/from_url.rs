@@ -3,58 +3,22 @@
 use std::sync::Arc;
 
 use publisher_core::backend::Opening;
-use publisher_core::{Error, MemoryPublisher, Publisher, Result};
+use publisher_core::{Error, Publisher, Result};
+
+use crate::backends::REGISTRY;
 
 /// The facade's name in errors that belong to no backend.
 pub const FACADE: &str = "publisher";
 
-/// How a registered backend opens one of its URLs (each backend crate's `open`).
-type Open = for<'a> fn(&'a str) -> Opening<'a>;
+/// How a registered backend opens one of its URLs ([`open`](publisher_core::backend::open)).
+pub(crate) type Open = for<'a> fn(&'a str) -> Opening<'a>;
 
-/// One scheme the facade knows: the feature that enables it (`None`: always on) and, when this
-/// build has that feature, how to open it.
-struct Registered {
-    scheme: &'static str,
-    feature: Option<&'static str>,
-    open: Option<Open>,
-}
-
-/// A row of [`REGISTRY`]: the scheme, the `publisher` feature, and the backend crate's `open`,
-/// which is only named when the feature is on.
-macro_rules! registered {
-    ($scheme:literal, $feature:literal, $open:path) => {
-        Registered {
-            scheme: $scheme,
-            feature: Some($feature),
-            #[cfg(feature = $feature)]
-            open: Some($open as Open),
-            #[cfg(not(feature = $feature))]
-            open: None,
-        }
-    };
-}
-
-/// Every backend the facade can open, once: `from_url`, [`enabled_schemes`] and the errors
-/// naming a missing feature all read this table. Registering a backend is a row here (with
-/// its feature in `Cargo.toml`).
-const REGISTRY: &[Registered] = &[
-    registered!("console", "console", publisher_console::open),
-    Registered {
-        scheme: "memory",
-        feature: None,
-        open: Some(open_memory as Open),
-    },
-    registered!("redis", "redis", publisher_redis::open),
-    registered!("rediss", "redis-tls", publisher_redis::open),
-    registered!("amqp", "amqp", publisher_amqp::open),
-    registered!("amqps", "amqp-tls", publisher_amqp::open),
-    registered!("kafka", "kafka", publisher_kafka::open),
-    registered!("nats", "nats", publisher_nats::open),
-    registered!("tls", "nats", publisher_nats::open),
-];
-
-fn open_memory(_url: &str) -> Opening<'_> {
-    Box::pin(async { Ok(Box::new(MemoryPublisher::new()) as Box<dyn Publisher>) })
+/// One scheme the facade knows: the feature that enables it and, when this build has that
+/// feature, how to open it. The rows come from the backend table in `backends.rs`.
+pub(crate) struct Registered {
+    pub(crate) scheme: &'static str,
+    pub(crate) feature: &'static str,
+    pub(crate) open: Option<Open>,
 }
 
 /// The schemes this build accepts.
@@ -112,7 +76,7 @@ pub async fn from_url(url: &str) -> Result<Box<dyn Publisher>> {
         ));
     };
     let Some(open) = row.open else {
-        let feature = row.feature.unwrap_or_default();
+        let feature = row.feature;
         return Err(Error::config(
             FACADE,
             "url",
