@@ -6,10 +6,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use publisher::layers::{Retry, RetryPolicy};
-use publisher::{
-    BatchOutcome, CloseReport, Event, Health, Publisher, Receipt, Result, Uuid, async_trait,
-};
+use publisher::layers::{Layer, Layered, Retry, RetryPolicy};
+use publisher::{BatchOutcome, Event, Publisher, Receipt, Result, Uuid};
 
 /// evpub's retry policy: enough to ride out a broker restart of several seconds, bounded.
 pub fn policy(deadline: Duration) -> RetryPolicy {
@@ -47,7 +45,8 @@ pub fn with_retry(
     policy: RetryPolicy,
     noted: MaybeSent,
 ) -> Result<Arc<dyn Publisher>> {
-    Ok(Arc::new(Retry::new(Noting { inner, noted }, policy)?))
+    let noting = Layered::new(Noting { inner, noted });
+    Ok(Arc::new(Layered::new(Retry::new(noting, policy)?)))
 }
 
 #[derive(Debug)]
@@ -56,10 +55,11 @@ struct Noting {
     noted: MaybeSent,
 }
 
-#[async_trait]
-impl Publisher for Noting {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
+impl Layer for Noting {
+    type Inner = Arc<dyn Publisher>;
+
+    fn inner(&self) -> &Arc<dyn Publisher> {
+        &self.inner
     }
 
     async fn publish(&self, event: Event) -> Result<Receipt> {
@@ -87,17 +87,5 @@ impl Publisher for Noting {
             self.noted.lock().extend(unknown);
         }
         outcome
-    }
-
-    async fn health(&self) -> Health {
-        self.inner.health().await
-    }
-
-    async fn close(&self) -> Result<CloseReport> {
-        self.inner.close().await
-    }
-
-    fn is_closed(&self) -> bool {
-        self.inner.is_closed()
     }
 }

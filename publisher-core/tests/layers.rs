@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use publisher_core::layers::{ConcurrencyLimit, PublisherExt, RetryPolicy};
+use publisher_core::layers::{ConcurrencyLimit, Layer, Layered, PublisherExt, RetryPolicy};
 use publisher_core::testing::LayerHarness;
 use publisher_core::{
     BatchOutcome, CloseReport, ErrorKind, Event, Fault, Health, MemoryPublisher, Publisher,
@@ -100,7 +100,7 @@ async fn timeout_bounds_a_slow_publish_and_is_retryable() {
     assert_eq!(err.kind(), ErrorKind::OutcomeUnknown);
     assert!(err.is_retryable());
     assert!(started.elapsed() < Duration::from_millis(500));
-    assert!(p.inner().get_ref().store().is_empty());
+    assert!(p.get_ref().inner().get_ref().store().is_empty());
     let err = MemoryPublisher::new()
         .with_timeout(Duration::ZERO)
         .unwrap_err();
@@ -296,7 +296,8 @@ async fn concurrency_limit_is_never_exceeded_under_a_thousand_publishes() {
     inner.get_ref().set_delay(Duration::from_millis(2));
     let counting = Counting::new(Arc::new(inner));
     let peak = counting.peak.clone();
-    let p = Arc::new(ConcurrencyLimit::new(counting, 8, Duration::from_secs(30)).unwrap());
+    let limit = ConcurrencyLimit::new(counting, 8, Duration::from_secs(30)).unwrap();
+    let p = Arc::new(Layered::new(limit));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..1000 {
         let p = p.clone();
@@ -311,7 +312,7 @@ async fn concurrency_limit_is_never_exceeded_under_a_thousand_publishes() {
         peak >= 2,
         "the limit should still allow concurrency, peak {peak}"
     );
-    assert_eq!(p.available(), 8);
+    assert_eq!(p.get_ref().available(), 8);
 }
 
 #[tokio::test]

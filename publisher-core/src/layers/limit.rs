@@ -3,10 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
-use super::forward_lifecycle;
+use super::Layer;
 use crate::config::check_timeout;
 use crate::{BatchOutcome, Error, ErrorKind, Event, Publisher, Receipt, Result};
 
@@ -64,9 +63,12 @@ impl<P: Publisher> ConcurrencyLimit<P> {
     }
 }
 
-#[async_trait]
-impl<P: Publisher> Publisher for ConcurrencyLimit<P> {
-    forward_lifecycle!();
+impl<P: Publisher> Layer for ConcurrencyLimit<P> {
+    type Inner = P;
+
+    fn inner(&self) -> &P {
+        &self.inner
+    }
 
     async fn publish(&self, event: Event) -> Result<Receipt> {
         let _slot = self.slot().await?;

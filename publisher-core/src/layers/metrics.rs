@@ -2,9 +2,8 @@
 
 use std::time::Instant;
 
-use async_trait::async_trait;
-
-use crate::{BatchOutcome, CloseReport, Event, Health, Publisher, Receipt, Result};
+use super::Layer;
+use crate::{BatchOutcome, CloseReport, Event, Publisher, Receipt, Result};
 
 /// Events confirmed, labelled `backend`, `topic`.
 pub const PUBLISHED: &str = "publisher_published_total";
@@ -77,10 +76,11 @@ impl<P: Publisher> Metrics<P> {
     }
 }
 
-#[async_trait]
-impl<P: Publisher> Publisher for Metrics<P> {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
+impl<P: Publisher> Layer for Metrics<P> {
+    type Inner = P;
+
+    fn inner(&self) -> &P {
+        &self.inner
     }
 
     async fn publish(&self, event: Event) -> Result<Receipt> {
@@ -116,10 +116,6 @@ impl<P: Publisher> Publisher for Metrics<P> {
         outcome
     }
 
-    async fn health(&self) -> Health {
-        self.inner.health().await
-    }
-
     async fn close(&self) -> Result<CloseReport> {
         let report = self.inner.close().await?;
         if self
@@ -132,9 +128,5 @@ impl<P: Publisher> Publisher for Metrics<P> {
         metrics::counter!(CLOSE_DRAINED, "backend" => backend).increment(report.drained as u64);
         metrics::counter!(CLOSE_ABANDONED, "backend" => backend).increment(report.abandoned as u64);
         Ok(report)
-    }
-
-    fn is_closed(&self) -> bool {
-        self.inner.is_closed()
     }
 }

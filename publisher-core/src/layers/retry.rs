@@ -2,12 +2,11 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::forward_lifecycle;
+use super::Layer;
 use crate::config::check_timeout;
 use crate::{BatchOutcome, Error, Event, Publisher, Receipt, Result};
 
@@ -118,9 +117,12 @@ impl<P: Publisher> Retry<P> {
     }
 }
 
-#[async_trait]
-impl<P: Publisher> Publisher for Retry<P> {
-    forward_lifecycle!();
+impl<P: Publisher> Layer for Retry<P> {
+    type Inner = P;
+
+    fn inner(&self) -> &P {
+        &self.inner
+    }
 
     async fn publish(&self, event: Event) -> Result<Receipt> {
         let deadline = Instant::now() + self.policy.deadline;

@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
-
-use super::forward_lifecycle;
+use super::Layer;
 use crate::config::check_timeout;
 use crate::{BatchOutcome, Error, Event, Publisher, Receipt, Result};
 
@@ -28,16 +26,14 @@ impl<P: Publisher> Timeout<P> {
         check_timeout(inner.backend(), "timeout", timeout)?;
         Ok(Self { inner, timeout })
     }
-
-    /// The wrapped publisher.
-    pub fn inner(&self) -> &P {
-        &self.inner
-    }
 }
 
-#[async_trait]
-impl<P: Publisher> Publisher for Timeout<P> {
-    forward_lifecycle!();
+impl<P: Publisher> Layer for Timeout<P> {
+    type Inner = P;
+
+    fn inner(&self) -> &P {
+        &self.inner
+    }
 
     async fn publish(&self, event: Event) -> Result<Receipt> {
         tokio::time::timeout(self.timeout, self.inner.publish(event))

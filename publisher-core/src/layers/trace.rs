@@ -2,12 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use async_trait::async_trait;
 use opentelemetry::propagation::{Injector, TextMapPropagator};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::forward_lifecycle;
+use super::Layer;
 use crate::{BatchOutcome, Event, Publisher, Receipt, Result};
 
 /// Injects the current `tracing` span's OpenTelemetry context as W3C `traceparent` (and
@@ -46,9 +45,12 @@ impl<P: Publisher> TraceContext<P> {
     }
 }
 
-#[async_trait]
-impl<P: Publisher> Publisher for TraceContext<P> {
-    forward_lifecycle!();
+impl<P: Publisher> Layer for TraceContext<P> {
+    type Inner = P;
+
+    fn inner(&self) -> &P {
+        &self.inner
+    }
 
     async fn publish(&self, event: Event) -> Result<Receipt> {
         let event = self.inject(event);
