@@ -4,30 +4,28 @@ use std::time::Duration;
 
 use publisher_console::{CaptureBuffer, ConsolePublisher, Format};
 use publisher_core::envelope::Envelope;
-use publisher_core::testing::{Harness, Received, unique_name};
+use publisher_core::testing::{Probe, ProbeHarness, Received, unique_name};
 use publisher_core::{Publisher, Result, async_trait};
 
-struct ConsoleHarness {
+/// Reads back the JSON lines console publishers wrote to a captured writer.
+struct CaptureProbe {
     out: CaptureBuffer,
 }
 
-async fn harness() -> ConsoleHarness {
-    ConsoleHarness {
-        out: CaptureBuffer::new(),
-    }
+async fn harness() -> ProbeHarness<CaptureProbe> {
+    let out = CaptureBuffer::new();
+    let writer = out.clone();
+    ProbeHarness::new(CaptureProbe { out }, move || {
+        let publisher = ConsolePublisher::builder()
+            .writer(writer.clone())
+            .format(Format::Json)
+            .build();
+        async move { Ok(Box::new(publisher?) as Box<dyn Publisher>) }
+    })
 }
 
 #[async_trait]
-impl Harness for ConsoleHarness {
-    async fn publisher(&self) -> Result<Box<dyn Publisher>> {
-        Ok(Box::new(
-            ConsolePublisher::builder()
-                .writer(self.out.clone())
-                .format(Format::Json)
-                .build()?,
-        ))
-    }
-
+impl Probe for CaptureProbe {
     async fn topic(&self, hint: &str) -> Result<String> {
         Ok(unique_name(&format!("conformance.{hint}")))
     }

@@ -1332,33 +1332,16 @@ macro_rules! conformance_tests {
     };
 }
 
-/// A [`Harness`] over [`MemoryPublisher`]s sharing one [`MemoryStore`]: the reference for what
-/// the suite expects, and the base for testing wrappers.
+/// The memory backend's [`Probe`]: reads back from a [`MemoryStore`] the publishers write to.
+/// [`memory_harness`] and [`layer_harness`] pair it with memory publishers.
 #[derive(Debug, Clone, Default)]
-pub struct MemoryHarness {
-    /// The store every publisher of this harness writes to.
+pub struct MemoryProbe {
+    /// The store the publishers write to.
     pub store: MemoryStore,
-    /// The timeouts of the publishers.
-    pub timeouts: Timeouts,
-}
-
-impl MemoryHarness {
-    /// A memory publisher writing to this harness's store.
-    pub fn memory_publisher(&self) -> MemoryPublisher {
-        MemoryPublisher::builder()
-            .store(self.store.clone())
-            .timeouts(self.timeouts)
-            .build()
-            .expect("valid memory config")
-    }
 }
 
 #[async_trait]
-impl Harness for MemoryHarness {
-    async fn publisher(&self) -> Result<Box<dyn Publisher>> {
-        Ok(Box::new(self.memory_publisher()))
-    }
-
+impl Probe for MemoryProbe {
     async fn topic(&self, hint: &str) -> Result<String> {
         Ok(unique_name(&format!("conformance.{hint}")))
     }
@@ -1376,48 +1359,21 @@ impl Harness for MemoryHarness {
     async fn cleanup(&self, _topic: &str) {}
 }
 
-/// A [`Harness`] over memory publishers wrapped by a layer (or a stack of layers): runs the
-/// whole suite through the wrapper, reading back from the shared [`MemoryStore`].
-pub struct LayerHarness {
-    memory: MemoryHarness,
-    wrap: Box<dyn Fn(MemoryPublisher) -> Box<dyn Publisher> + Send + Sync>,
+/// The suite's reference: memory publishers sharing one store, read back from it.
+pub fn memory_harness() -> ProbeHarness<MemoryProbe> {
+    layer_harness(|p| Box::new(p))
 }
 
-impl std::fmt::Debug for LayerHarness {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LayerHarness")
-            .field("memory", &self.memory)
-            .finish_non_exhaustive()
-    }
-}
-
-impl LayerHarness {
-    /// Wraps each memory publisher with `wrap`.
-    pub fn new(
-        wrap: impl Fn(MemoryPublisher) -> Box<dyn Publisher> + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            memory: MemoryHarness::default(),
-            wrap: Box::new(wrap),
-        }
-    }
-}
-
-#[async_trait]
-impl Harness for LayerHarness {
-    async fn publisher(&self) -> Result<Box<dyn Publisher>> {
-        Ok((self.wrap)(self.memory.memory_publisher()))
-    }
-
-    async fn topic(&self, hint: &str) -> Result<String> {
-        self.memory.topic(hint).await
-    }
-
-    async fn read(&self, topic: &str, n: usize, timeout: Duration) -> Result<Vec<Received>> {
-        self.memory.read(topic, n, timeout).await
-    }
-
-    async fn cleanup(&self, topic: &str) {
-        self.memory.cleanup(topic).await;
-    }
+/// Memory publishers wrapped by a layer (or a stack of layers), so that the whole suite runs
+/// through the wrapper, read back from the shared store.
+pub fn layer_harness(
+    wrap: impl Fn(MemoryPublisher) -> Box<dyn Publisher> + Send + Sync + 'static,
+) -> ProbeHarness<MemoryProbe> {
+    let probe = MemoryProbe::default();
+    let store = probe.store.clone();
+    ProbeHarness::new(probe, move || {
+        let publisher = MemoryPublisher::builder().store(store.clone()).build();
+        let wrapped = publisher.map(&wrap);
+        async move { wrapped }
+    })
 }

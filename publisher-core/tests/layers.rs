@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use publisher_core::layers::{ConcurrencyLimit, Layer, Layered, PublisherExt, RetryPolicy};
-use publisher_core::testing::LayerHarness;
 use publisher_core::{
     BatchOutcome, CloseReport, ErrorKind, Event, Fault, Health, MemoryPublisher, Publisher,
     Receipt, Result, async_trait,
@@ -21,8 +20,9 @@ fn policy() -> RetryPolicy {
 }
 
 mod timeout {
-    async fn harness() -> publisher_core::testing::LayerHarness {
-        super::LayerHarness::new(|p| {
+    async fn harness() -> publisher_core::testing::ProbeHarness<publisher_core::testing::MemoryProbe>
+    {
+        publisher_core::testing::layer_harness(|p| {
             Box::new(
                 super::PublisherExt::with_timeout(p, std::time::Duration::from_secs(5)).unwrap(),
             )
@@ -32,8 +32,9 @@ mod timeout {
 }
 
 mod retry {
-    async fn harness() -> publisher_core::testing::LayerHarness {
-        super::LayerHarness::new(|p| {
+    async fn harness() -> publisher_core::testing::ProbeHarness<publisher_core::testing::MemoryProbe>
+    {
+        publisher_core::testing::layer_harness(|p| {
             Box::new(super::PublisherExt::with_retry(p, super::policy()).unwrap())
         })
     }
@@ -41,8 +42,9 @@ mod retry {
 }
 
 mod limit {
-    async fn harness() -> publisher_core::testing::LayerHarness {
-        super::LayerHarness::new(|p| {
+    async fn harness() -> publisher_core::testing::ProbeHarness<publisher_core::testing::MemoryProbe>
+    {
+        publisher_core::testing::layer_harness(|p| {
             Box::new(
                 super::PublisherExt::with_concurrency_limit(
                     p,
@@ -57,22 +59,27 @@ mod limit {
 }
 
 mod metrics {
-    async fn harness() -> publisher_core::testing::LayerHarness {
-        super::LayerHarness::new(|p| Box::new(super::PublisherExt::with_metrics(p)))
+    async fn harness() -> publisher_core::testing::ProbeHarness<publisher_core::testing::MemoryProbe>
+    {
+        publisher_core::testing::layer_harness(|p| Box::new(super::PublisherExt::with_metrics(p)))
     }
     publisher_core::conformance_tests!(harness);
 }
 
 mod trace_context {
-    async fn harness() -> publisher_core::testing::LayerHarness {
-        super::LayerHarness::new(|p| Box::new(super::PublisherExt::with_trace_context(p)))
+    async fn harness() -> publisher_core::testing::ProbeHarness<publisher_core::testing::MemoryProbe>
+    {
+        publisher_core::testing::layer_harness(|p| {
+            Box::new(super::PublisherExt::with_trace_context(p))
+        })
     }
     publisher_core::conformance_tests!(harness);
 }
 
 mod stacked {
-    async fn harness() -> publisher_core::testing::LayerHarness {
-        super::LayerHarness::new(|p| {
+    async fn harness() -> publisher_core::testing::ProbeHarness<publisher_core::testing::MemoryProbe>
+    {
+        publisher_core::testing::layer_harness(|p| {
             use super::PublisherExt;
             Box::new(
                 p.with_timeout(std::time::Duration::from_secs(5))

@@ -11,86 +11,75 @@
 
 pub mod brokers;
 pub mod console_probe;
-mod suite;
 
 pub use brokers::{Backend, Endpoint, endpoint};
-pub use publisher_core::testing::{FaultProxy, ProxyMode};
-pub use suite::Suite;
+pub use publisher_core::testing::{FaultProxy, ProbeHarness, ProxyMode};
 
-/// Ready-made suites, one per backend, each `None` when its broker is missing (see
-/// [`endpoint`]).
+/// Ready-made harnesses, one per backend: publishers from `publisher::from_url`, read back
+/// with the backend's own probe; `None` when the broker is missing (see [`endpoint`]).
 pub mod suites {
     use publisher_amqp::testing::QueueProbe;
+    use publisher_core::testing::{Probe, ProbeHarness};
     use publisher_kafka::testing::TopicProbe;
+    use publisher_nats::testing::StreamProbe as JetStreamProbe;
     use publisher_redis::testing::{PubsubProbe, StreamProbe};
 
     use crate::console_probe::FileProbe;
-    use crate::{Backend, Suite, endpoint};
+    use crate::{Backend, endpoint};
 
-    fn with_param(url: &str, param: &str) -> String {
-        let sep = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{sep}{param}")
+    /// Publishers opened by `publisher::from_url(url)`, read back with `probe`.
+    pub fn through_facade<P: Probe>(probe: P, url: String) -> ProbeHarness<P> {
+        ProbeHarness::new(probe, move || {
+            let url = url.clone();
+            async move { publisher::from_url(&url).await }
+        })
+    }
+
+    /// The harness on `backend`'s broker: its probe made from the broker's address, the
+    /// facade's URL with `param` added.
+    async fn on<P: Probe>(
+        backend: Backend,
+        probe: impl FnOnce(String) -> P,
+        param: &str,
+    ) -> Option<ProbeHarness<P>> {
+        let ep = endpoint(backend).await?;
+        let url = match (param, ep.url()) {
+            ("", url) => url,
+            (param, url) if url.contains('?') => format!("{url}&{param}"),
+            (param, url) => format!("{url}?{param}"),
+        };
+        Some(through_facade(probe(ep.address), url))
     }
 
     /// Redis streams.
-    pub async fn redis_stream() -> Option<Suite<StreamProbe>> {
-        let ep = endpoint(Backend::Redis).await?;
-        let url = with_param(&ep.url(), "mode=stream");
-        Some(Suite::new(
-            StreamProbe::new(ep.address.clone()),
-            url,
-            Some(ep),
-        ))
+    pub async fn redis_stream() -> Option<ProbeHarness<StreamProbe>> {
+        on(Backend::Redis, StreamProbe::new, "mode=stream").await
     }
 
     /// Redis pub/sub.
-    pub async fn redis_pubsub() -> Option<Suite<PubsubProbe>> {
-        let ep = endpoint(Backend::Redis).await?;
-        let url = with_param(&ep.url(), "mode=pubsub");
-        Some(Suite::new(
-            PubsubProbe::new(ep.address.clone()),
-            url,
-            Some(ep),
-        ))
+    pub async fn redis_pubsub() -> Option<ProbeHarness<PubsubProbe>> {
+        on(Backend::Redis, PubsubProbe::new, "mode=pubsub").await
     }
 
     /// RabbitMQ through the default exchange, read back from a queue per topic.
-    pub async fn amqp() -> Option<Suite<QueueProbe>> {
-        let ep = endpoint(Backend::Amqp).await?;
-        let url = ep.url();
-        Some(Suite::new(
-            QueueProbe::new(ep.address.clone()),
-            url,
-            Some(ep),
-        ))
+    pub async fn amqp() -> Option<ProbeHarness<QueueProbe>> {
+        on(Backend::Amqp, QueueProbe::new, "").await
     }
 
     /// Kafka, read back with an rdkafka consumer.
-    pub async fn kafka() -> Option<Suite<TopicProbe>> {
-        let ep = endpoint(Backend::Kafka).await?;
-        let url = ep.url();
-        Some(Suite::new(
-            TopicProbe::new(ep.address.clone()),
-            url,
-            Some(ep),
-        ))
+    pub async fn kafka() -> Option<ProbeHarness<TopicProbe>> {
+        on(Backend::Kafka, TopicProbe::new, "").await
     }
 
     /// NATS JetStream, read back from a stream per subject.
-    pub async fn nats() -> Option<Suite<publisher_nats::testing::StreamProbe>> {
-        let ep = endpoint(Backend::Nats).await?;
-        let url = ep.url();
-        Some(Suite::new(
-            publisher_nats::testing::StreamProbe::new(ep.address.clone()),
-            url,
-            Some(ep),
-        ))
+    pub async fn nats() -> Option<ProbeHarness<JetStreamProbe>> {
+        on(Backend::Nats, JetStreamProbe::new, "").await
     }
 
     /// The console writing JSON lines to a file.
-    pub async fn console() -> Option<Suite<FileProbe>> {
+    pub async fn console() -> Option<ProbeHarness<FileProbe>> {
         let probe = FileProbe::new();
         let url = probe.url();
-        Some(Suite::new(probe, url, None))
+        Some(through_facade(probe, url))
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use publisher::{ErrorKind, Event, Publisher};
 use publisher_core::testing::{Harness, Probe};
-use publisher_integration::{Suite, suites};
+use publisher_integration::{ProbeHarness, suites};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -32,7 +32,7 @@ fn serde_json_value(i: usize) -> impl serde::Serialize {
     }
 }
 
-async fn ten_thousand_round_trip<P: Probe>(suite: Suite<P>) {
+async fn ten_thousand_round_trip<P: Probe>(suite: ProbeHarness<P>) {
     let topic = suite.topic("workload").await.unwrap();
     let publisher: Arc<dyn Publisher> = Arc::from(suite.publisher().await.unwrap());
     let events: Vec<Event> = (0..10_000).map(|i| event(&topic, i)).collect();
@@ -66,7 +66,7 @@ async fn ten_thousand_round_trip<P: Probe>(suite: Suite<P>) {
     suite.cleanup(&topic).await;
 }
 
-async fn close_during_load<P: Probe>(suite: Suite<P>) {
+async fn close_during_load<P: Probe>(suite: ProbeHarness<P>) {
     let topic = suite.topic("close-load").await.unwrap();
     let publisher: Arc<dyn Publisher> = Arc::from(suite.publisher().await.unwrap());
     let mut tasks = tokio::task::JoinSet::new();
@@ -108,7 +108,7 @@ async fn close_during_load<P: Probe>(suite: Suite<P>) {
     suite.cleanup(&topic).await;
 }
 
-async fn fifty_publishers<P: Probe + 'static>(suite: Suite<P>) {
+async fn fifty_publishers<P: Probe + 'static>(suite: ProbeHarness<P>) {
     let topic = suite.topic("fifty").await.unwrap();
     let suite = Arc::new(suite);
     let mut tasks = tokio::task::JoinSet::new();
