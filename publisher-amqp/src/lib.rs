@@ -12,7 +12,6 @@ mod publisher;
 pub mod testing;
 mod transport;
 
-pub use channels::{ChannelManager, ChannelPool, ConfirmChannel};
 pub use config::{AmqpConfig, ExchangeDeclare, ExchangeKind, MAX_SHORT_STRING};
 pub use publisher::{AmqpBackend, AmqpPublisher, AmqpPublisherBuilder};
 

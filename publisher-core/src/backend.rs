@@ -1,6 +1,5 @@
-//! [`Backend`]: the broker-specific half of a publisher. [`Gated`](crate::Gated) puts any
-//! backend behind the [`Lifecycle`](crate::Lifecycle) gate and makes it a
-//! [`Publisher`](crate::Publisher).
+//! [`Backend`]: the broker-specific half of a publisher. [`Gated`] puts any backend behind
+//! the [`Lifecycle`](crate::Lifecycle) gate and makes it a [`Publisher`].
 //!
 //! A backend crate writes one struct (its connections and config), implements [`Backend`] for
 //! it, and names its publisher `pub type MyPublisher = Gated<MyBackend>;`. The memory backend

@@ -3,19 +3,19 @@
 #![warn(missing_docs)]
 
 pub mod backend;
-pub mod batch;
+mod batch;
 pub mod config;
 pub mod envelope;
-pub mod error;
-pub mod event;
+mod error;
+mod event;
 mod gated;
-pub mod guard;
-pub mod health;
+mod guard;
+mod health;
 pub mod layers;
-pub mod lifecycle;
-pub mod memory;
-pub mod outcome;
-pub mod publisher;
+mod lifecycle;
+mod memory;
+mod outcome;
+mod publisher;
 mod shared;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -31,7 +31,7 @@ pub use backend::Backend;
 pub use batch::BatchResults;
 pub use config::{PoolConfig, Timeouts};
 pub use error::{Error, ErrorKind, Result};
-pub use event::Event;
+pub use event::{CONTENT_TYPE_JSON, CONTENT_TYPE_TEXT, Event};
 pub use gated::Gated;
 pub use guard::{CloseGuard, scoped};
 pub use health::{Health, HealthStatus};

@@ -1,30 +1,4 @@
-//! The close gate every backend embeds.
-//!
-//! A [`Lifecycle`] owns, once for all backends: the closed flag; the entry of each in-flight
-//! publish, refused with [`ErrorKind::Closed`] once closing starts; the
-//! drain of in-flight publishes with a deadline, after which what is still unconfirmed fails
-//! with [`ErrorKind::OutcomeUnknown`] (it may have reached the broker) and is counted, event by
-//! event, in the [`CloseReport`]; the backend's background tasks (a
-//! [`TaskTracker`] and a [`CancellationToken`]); and a once-only close whose [`CloseReport`]
-//! every concurrent or later caller receives. Backends supply only their teardown.
-//!
-//! Dropping a `Lifecycle` whose close never started logs one warning, cancels the background
-//! tasks and makes in-flight publishes fail with `OutcomeUnknown`.
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> publisher_core::Result<()> {
-//! use std::time::Duration;
-//! use publisher_core::Lifecycle;
-//!
-//! let lifecycle = Lifecycle::new("example", Duration::from_secs(5));
-//! let n = lifecycle.run(Duration::from_secs(1), "publish", async { Ok(42) }).await?;
-//! assert_eq!(n, 42);
-//! let report = lifecycle.close(|_| async { Ok(0) }).await?;
-//! assert_eq!(report.abandoned, 0);
-//! assert!(lifecycle.run(Duration::from_secs(1), "publish", async { Ok(1) }).await.is_err());
-//! # Ok(()) }
-//! ```
+//! [`Lifecycle`]: the close gate.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -214,7 +188,33 @@ impl Inner {
     }
 }
 
-/// The close gate: see the [module docs](self).
+/// The close gate every publisher runs behind (through [`Gated`](crate::Gated)).
+///
+/// A [`Lifecycle`] owns, once for all backends: the closed flag; the entry of each in-flight
+/// publish, refused with [`ErrorKind::Closed`] once closing starts; the
+/// drain of in-flight publishes with a deadline, after which what is still unconfirmed fails
+/// with [`ErrorKind::OutcomeUnknown`] (it may have reached the broker) and is counted, event by
+/// event, in the [`CloseReport`]; the backend's background tasks (a
+/// [`TaskTracker`] and a [`CancellationToken`]); and a once-only close whose [`CloseReport`]
+/// every concurrent or later caller receives. Backends supply only their teardown.
+///
+/// Dropping a `Lifecycle` whose close never started logs one warning, cancels the background
+/// tasks and makes in-flight publishes fail with `OutcomeUnknown`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> publisher_core::Result<()> {
+/// use std::time::Duration;
+/// use publisher_core::Lifecycle;
+///
+/// let lifecycle = Lifecycle::new("example", Duration::from_secs(5));
+/// let n = lifecycle.run(Duration::from_secs(1), "publish", async { Ok(42) }).await?;
+/// assert_eq!(n, 42);
+/// let report = lifecycle.close(|_| async { Ok(0) }).await?;
+/// assert_eq!(report.abandoned, 0);
+/// assert!(lifecycle.run(Duration::from_secs(1), "publish", async { Ok(1) }).await.is_err());
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Lifecycle {
     inner: Arc<Inner>,

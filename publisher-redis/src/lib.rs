@@ -11,7 +11,6 @@ mod publisher;
 pub mod testing;
 
 pub use config::{Mode, PubsubFormat, REDIS_MAX_BULK, RedisConfig};
-pub use pool::{Pool, RedisManager};
 pub use publisher::{RedisBackend, RedisPublisher, RedisPublisherBuilder};
 
 /// Re-exported so that lent pools use the same version.
