@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use publisher_core::config::redact_url as redact;
-use publisher_core::{Error, PoolConfig, Result, Timeouts, UrlOptions};
+use publisher_core::{Error, PoolConfig, RedactedUrl, Result, Timeouts, UrlOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::BACKEND;
@@ -72,12 +72,12 @@ fn yes() -> bool {
 /// Configuration of the AMQP publisher. Missing fields take the documented defaults.
 ///
 /// `Debug` and `Display` never show the password.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpConfig {
     /// `amqp://user:password@host:port/vhost` (or `amqps://` with feature `tls`).
     /// Default: `amqp://guest:guest@127.0.0.1:5672/%2f`.
-    pub url: String,
+    pub url: RedactedUrl,
     /// The exchange events are published to; the routing key is the event topic.
     /// Default: `""`, the default exchange (routes to the queue named by the routing key).
     pub exchange: String,
@@ -131,26 +131,9 @@ impl Default for AmqpConfig {
     }
 }
 
-impl fmt::Debug for AmqpConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AmqpConfig")
-            .field("url", &redact(&self.url))
-            .field("exchange", &self.exchange)
-            .field("declare_exchange", &self.declare_exchange)
-            .field("mandatory", &self.mandatory)
-            .field("persistent", &self.persistent)
-            .field("max_message_bytes", &self.max_message_bytes)
-            .field("heartbeat", &self.heartbeat)
-            .field("connection_name", &self.connection_name)
-            .field("pool", &self.pool)
-            .field("timeouts", &self.timeouts)
-            .finish()
-    }
-}
-
 impl fmt::Display for AmqpConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} exchange `{}`", redact(&self.url), self.exchange)
+        write!(f, "{} exchange `{}`", self.url, self.exchange)
     }
 }
 
@@ -223,7 +206,7 @@ impl AmqpConfig {
             durable: exchange_durable,
         });
         parsed.set_query(None);
-        cfg.url = parsed.to_string();
+        cfg.url = parsed.to_string().into();
         Ok(cfg)
     }
 
@@ -274,9 +257,8 @@ impl AmqpConfig {
     /// host with `Url::domain()`, which is `None` for IP literals (`[::1]`, `10.0.0.5`), and so
     /// silently connects to `localhost` instead. We take `Url::host()` and keep literals.
     pub(crate) fn uri(&self) -> Result<AMQPUri> {
-        let url = url::Url::parse(&self.url).map_err(|e| {
-            bad("url", format!("malformed AMQP URL `{}`", redact(&self.url))).with_source(e)
-        })?;
+        let url = url::Url::parse(self.url.expose())
+            .map_err(|e| bad("url", format!("malformed AMQP URL `{}`", self.url)).with_source(e))?;
         check_scheme(url.scheme())?;
         let tls = url.scheme() == "amqps";
         let scheme = if tls {

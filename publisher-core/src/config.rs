@@ -169,13 +169,16 @@ impl PoolConfig {
     }
 }
 
-/// `url` with its password replaced by `***`, for `Debug`, `Display` and error messages. A URL
-/// that does not parse shows only its scheme, so no secret can leak through it.
+/// `url` with its password replaced by `***`, for `Debug`, `Display` and error messages; a
+/// user name without a password is hidden too (NATS and some hosted brokers take a token
+/// there). A URL that does not parse shows only its scheme, so no secret can leak through it.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) => {
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
+            } else if !u.username().is_empty() {
+                let _ = u.set_username("***");
             }
             u.to_string()
         }
@@ -221,6 +224,10 @@ mod tests {
             "redis://user:***@host:6379/0"
         );
         assert_eq!(redact_url("amqp://host/%2f"), "amqp://host/%2f");
+        assert_eq!(
+            redact_url("nats://s3cret-token@host:4222"),
+            "nats://***@host:4222"
+        );
         assert_eq!(
             redact_url("redis://u:s3cret@bad host"),
             "redis://<unparseable>"

@@ -42,7 +42,7 @@ pub use memory::{
 pub use outcome::{BatchOutcome, CloseReport, Position, Receipt};
 pub use publisher::Publisher;
 pub use shared::SharedHandle;
-pub use url_options::{RedactedUrl, UrlOptions};
+pub use url_options::{RedactedUrl, Secret, UrlOptions};
 
 /// Re-exported so that backends and users name the same versions.
 pub use async_trait::async_trait;

@@ -154,9 +154,60 @@ impl UrlOptions {
     }
 }
 
-/// A URL that shows with its password (or token) hidden in `Debug` and `Display`.
-#[derive(Clone, PartialEq, Eq)]
+/// A URL that shows with its password (or token) hidden in `Debug` and `Display`: the type of
+/// every config's `url`, so that a config can derive `Debug`. Serializes as the plain string.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct RedactedUrl(String);
+
+impl From<String> for RedactedUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl From<&str> for RedactedUrl {
+    fn from(url: &str) -> Self {
+        Self(url.to_owned())
+    }
+}
+
+impl PartialEq<&str> for RedactedUrl {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+/// A secret (a token, a key seed) that shows as `***` in `Debug`. Serializes as the plain
+/// string.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself: for authenticating, never for showing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(secret: String) -> Self {
+        Self(secret)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(secret: &str) -> Self {
+        Self(secret.to_owned())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
 
 impl RedactedUrl {
     /// Wraps `url`.

@@ -2,8 +2,7 @@
 
 use std::path::PathBuf;
 
-use publisher_core::config::redact_url;
-use publisher_core::{Error, Result, Timeouts, UrlOptions};
+use publisher_core::{Error, RedactedUrl, Result, Secret, Timeouts, UrlOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::BACKEND;
@@ -17,18 +16,18 @@ fn bad(
 
 /// How a [`NatsPublisher`](crate::NatsPublisher) connects and publishes. Every field has a
 /// documented default; secrets never appear in `Debug`.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
     /// The server: `nats://host:4222` or `tls://host:4222`, with `user:password@` or `token@`
     /// when the server wants them. Default: `nats://127.0.0.1:4222`.
-    pub url: String,
+    pub url: RedactedUrl,
     /// A token, when not given in the URL. Default: none.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// A credentials file (JWT and nkey seed). Default: none.
     pub creds_file: Option<PathBuf>,
     /// An nkey seed (`SU…`). Default: none.
-    pub nkey_seed: Option<String>,
+    pub nkey_seed: Option<Secret>,
     /// The connection's name, as the server lists it. Default: `publisher-nats`.
     pub connection_name: String,
     /// Most publishes awaiting their PubAck at once; a publish beyond waits (bounded by its
@@ -52,32 +51,6 @@ impl Default for NatsConfig {
     }
 }
 
-impl std::fmt::Debug for NatsConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hidden = |s: &Option<String>| s.as_ref().map(|_| "***");
-        f.debug_struct("NatsConfig")
-            .field("url", &redact(&self.url))
-            .field("token", &hidden(&self.token))
-            .field("creds_file", &self.creds_file)
-            .field("nkey_seed", &hidden(&self.nkey_seed))
-            .field("connection_name", &self.connection_name)
-            .field("max_ack_inflight", &self.max_ack_inflight)
-            .field("timeouts", &self.timeouts)
-            .finish()
-    }
-}
-
-/// `url` with its password, or its token (a user name without a password), hidden.
-pub(crate) fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if !u.username().is_empty() && u.password().is_none() => {
-            let _ = u.set_username("***");
-            u.to_string()
-        }
-        _ => redact_url(url),
-    }
-}
-
 impl NatsConfig {
     /// Parses `nats://[user:password@|token@]host[:port][?creds=PATH&connection_name=NAME&max_ack_inflight=N]`
     /// (or `tls://…`). Query values are percent-decoded; an unknown parameter is an error
@@ -88,7 +61,7 @@ impl NatsConfig {
     pub fn from_url(url: &str) -> Result<Self> {
         let (base, mut options) = UrlOptions::split(BACKEND, url)?;
         let mut cfg = NatsConfig {
-            url: base,
+            url: base.into(),
             ..NatsConfig::default()
         };
         if let Some(path) = options.take("creds") {
@@ -110,12 +83,8 @@ impl NatsConfig {
     /// # Errors
     /// `Config` naming the field at fault.
     pub fn validate(&self) -> Result<()> {
-        let u = url::Url::parse(&self.url).map_err(|e| {
-            bad(
-                "url",
-                format!("malformed NATS URL `{}`: {e}", redact(&self.url)),
-            )
-        })?;
+        let u = url::Url::parse(self.url.expose())
+            .map_err(|e| bad("url", format!("malformed NATS URL `{}`: {e}", self.url)))?;
         if !crate::SCHEMES.contains(&u.scheme()) {
             return Err(bad(
                 "url",
@@ -136,12 +105,8 @@ impl NatsConfig {
 
     /// The connect options and the server address (without credentials).
     pub(crate) async fn connect_options(&self) -> Result<(async_nats::ConnectOptions, String)> {
-        let mut u = url::Url::parse(&self.url).map_err(|e| {
-            bad(
-                "url",
-                format!("malformed NATS URL `{}`: {e}", redact(&self.url)),
-            )
-        })?;
+        let mut u = url::Url::parse(self.url.expose())
+            .map_err(|e| bad("url", format!("malformed NATS URL `{}`: {e}", self.url)))?;
         let mut options = async_nats::ConnectOptions::new()
             .name(&self.connection_name)
             .connection_timeout(self.timeouts.connect)
@@ -160,10 +125,10 @@ impl NatsConfig {
             _ => {}
         }
         if let Some(token) = &self.token {
-            options = options.token(token.clone());
+            options = options.token(token.expose().to_owned());
         }
         if let Some(seed) = &self.nkey_seed {
-            options = options.nkey(seed.clone());
+            options = options.nkey(seed.expose().to_owned());
         }
         if let Some(path) = &self.creds_file {
             options = options.credentials_file(path).await.map_err(|e| {

@@ -10,7 +10,7 @@ use publisher_core::{
 };
 
 use crate::BACKEND;
-use crate::config::{NatsConfig, redact};
+use crate::config::NatsConfig;
 use crate::error::{from_connect, no_ack, not_sent};
 use crate::mapping::{headers, validate};
 
@@ -53,7 +53,7 @@ impl NatsPublisherBuilder {
 
     /// The server URL (see [`NatsConfig::url`]).
     pub fn url(mut self, url: impl Into<String>) -> Self {
-        self.config.url = url.into();
+        self.config.url = url.into().into();
         self
     }
 
@@ -77,7 +77,7 @@ impl NatsPublisherBuilder {
     pub async fn build(self) -> Result<NatsPublisher> {
         let config = self.config;
         config.validate()?;
-        let endpoint = redact(&config.url);
+        let endpoint = config.url.to_string();
         let (client, lent) = match self.client {
             Some(client) => (client, true),
             None => {

@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use publisher_core::config::{check_timeout, redact_url as redact};
-use publisher_core::{Error, PoolConfig, Result, Timeouts, UrlOptions};
+use publisher_core::{Error, PoolConfig, RedactedUrl, Result, Timeouts, UrlOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::BACKEND;
@@ -40,12 +40,12 @@ pub enum PubsubFormat {
 /// Configuration of the Redis publisher. Missing fields take the documented defaults.
 ///
 /// `Debug` and `Display` never show the password of the URL.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host[:port][/db]` or `rediss://…` (feature `tls`).
     /// Default: `redis://127.0.0.1:6379`.
-    pub url: String,
+    pub url: RedactedUrl,
     /// Streams or pub/sub. Default: stream.
     pub mode: Mode,
     /// Stream mode: trim each stream to about this many entries (`XADD … MAXLEN ~ N`).
@@ -103,31 +103,13 @@ impl Default for RedisConfig {
     }
 }
 
-impl fmt::Debug for RedisConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("url", &redact(&self.url))
-            .field("mode", &self.mode)
-            .field("maxlen", &self.maxlen)
-            .field("pubsub_format", &self.pubsub_format)
-            .field("min_receivers", &self.min_receivers)
-            .field("max_payload_bytes", &self.max_payload_bytes)
-            .field("wait_replicas", &self.wait_replicas)
-            .field("wait_timeout", &self.wait_timeout)
-            .field("health_interval", &self.health_interval)
-            .field("pool", &self.pool)
-            .field("timeouts", &self.timeouts)
-            .finish()
-    }
-}
-
 impl fmt::Display for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mode = match self.mode {
             Mode::Stream => "stream",
             Mode::Pubsub => "pubsub",
         };
-        write!(f, "{} (mode {mode})", redact(&self.url))
+        write!(f, "{} (mode {mode})", self.url)
     }
 }
 
@@ -215,7 +197,7 @@ impl RedisConfig {
         } else {
             parsed.query_pairs_mut().clear().extend_pairs(passthrough);
         }
-        cfg.url = parsed.to_string();
+        cfg.url = parsed.to_string().into();
         Ok(cfg)
     }
 
@@ -224,12 +206,8 @@ impl RedisConfig {
     /// # Errors
     /// `Config` naming the field at fault.
     pub fn validate(&self) -> Result<()> {
-        let parsed = url::Url::parse(&self.url).map_err(|e| {
-            bad(
-                "url",
-                format!("malformed Redis URL `{}`", redact(&self.url)),
-            )
-            .with_source(e)
+        let parsed = url::Url::parse(self.url.expose()).map_err(|e| {
+            bad("url", format!("malformed Redis URL `{}`", self.url)).with_source(e)
         })?;
         check_scheme(parsed.scheme())?;
         if parsed.host_str().is_none_or(str::is_empty) {

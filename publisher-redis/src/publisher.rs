@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use deadpool::Runtime;
 use publisher_core::envelope;
 use publisher_core::{
-    Backend, BatchResults, Error, ErrorKind, Event, Gated, Health, Lifecycle, Position, Result,
-    Teardown,
+    Backend, BatchResults, Error, ErrorKind, Event, Gated, Health, Lifecycle, Position,
+    RedactedUrl, Result, Teardown,
 };
 use redis::{AsyncConnectionConfig, Client, RedisResult};
 
@@ -16,7 +16,6 @@ use crate::config::{Mode, PubsubFormat, RedisConfig};
 use crate::error::{from_command, from_redis};
 use crate::mapping::{add_stream_fields, stream_entry_size};
 use crate::pool::{Owned, Pool, RedisManager, Source};
-use publisher_core::config::redact_url as redact;
 
 /// Publishes to Redis streams (`XADD`, the default) or pub/sub channels (`PUBLISH`) through a
 /// bounded connection pool.
@@ -52,7 +51,7 @@ impl RedisPublisherBuilder {
     /// The Redis URL (see [`RedisConfig::from_url`] for its query parameters, which are applied
     /// when building with `RedisPublisher::from_url`).
     pub fn url(mut self, url: impl Into<String>) -> Self {
-        self.config.url = url.into();
+        self.config.url = RedactedUrl::new(url);
         self
     }
 
@@ -110,15 +109,11 @@ impl RedisPublisherBuilder {
         let source = match self.pool {
             Some(pool) => Source::Lent(pool),
             None => {
-                let client = Client::open(config.url.as_str()).map_err(|e| {
+                let client = Client::open(config.url.expose()).map_err(|e| {
                     Error::config(
                         BACKEND,
                         "url",
-                        format!(
-                            "invalid Redis URL `{}`: {:?}",
-                            redact(&config.url),
-                            e.kind()
-                        ),
+                        format!("invalid Redis URL `{}`: {:?}", config.url, e.kind()),
                     )
                 })?;
                 let conn_config = AsyncConnectionConfig::new()
