@@ -12,7 +12,7 @@
 pub mod brokers;
 pub mod console_probe;
 
-pub use brokers::{Backend, Endpoint, endpoint};
+pub use brokers::{Broker, Endpoint, endpoint};
 pub use publisher_core::testing::{FaultProxy, ProbeHarness, ProxyMode};
 
 /// Ready-made harnesses, one per backend: publishers from `publisher::from_url`, read back
@@ -25,7 +25,7 @@ pub mod suites {
     use publisher_redis::testing::{PubsubProbe, StreamProbe};
 
     use crate::console_probe::FileProbe;
-    use crate::{Backend, endpoint};
+    use crate::{Broker, endpoint};
 
     /// Publishers opened by `publisher::from_url(url)`, read back with `probe`.
     pub fn through_facade<P: Probe>(probe: P, url: String) -> ProbeHarness<P> {
@@ -35,14 +35,14 @@ pub mod suites {
         })
     }
 
-    /// The harness on `backend`'s broker: its probe made from the broker's address, the
+    /// The harness on `broker`: its probe made from the broker's address, the
     /// facade's URL with `param` added.
     async fn on<P: Probe>(
-        backend: Backend,
+        broker: Broker,
         probe: impl FnOnce(String) -> P,
         param: &str,
     ) -> Option<ProbeHarness<P>> {
-        let ep = endpoint(backend).await?;
+        let ep = endpoint(broker).await?;
         let url = match (param, ep.url()) {
             ("", url) => url,
             (param, url) if url.contains('?') => format!("{url}&{param}"),
@@ -53,27 +53,27 @@ pub mod suites {
 
     /// Redis streams.
     pub async fn redis_stream() -> Option<ProbeHarness<StreamProbe>> {
-        on(Backend::Redis, StreamProbe::new, "mode=stream").await
+        on(Broker::Redis, StreamProbe::new, "mode=stream").await
     }
 
     /// Redis pub/sub.
     pub async fn redis_pubsub() -> Option<ProbeHarness<PubsubProbe>> {
-        on(Backend::Redis, PubsubProbe::new, "mode=pubsub").await
+        on(Broker::Redis, PubsubProbe::new, "mode=pubsub").await
     }
 
     /// RabbitMQ through the default exchange, read back from a queue per topic.
     pub async fn amqp() -> Option<ProbeHarness<QueueProbe>> {
-        on(Backend::Amqp, QueueProbe::new, "").await
+        on(Broker::RabbitMq, QueueProbe::new, "").await
     }
 
     /// Kafka, read back with an rdkafka consumer.
     pub async fn kafka() -> Option<ProbeHarness<TopicProbe>> {
-        on(Backend::Kafka, TopicProbe::new, "").await
+        on(Broker::Kafka, TopicProbe::new, "").await
     }
 
     /// NATS JetStream, read back from a stream per subject.
     pub async fn nats() -> Option<ProbeHarness<JetStreamProbe>> {
-        on(Backend::Nats, JetStreamProbe::new, "").await
+        on(Broker::Nats, JetStreamProbe::new, "").await
     }
 
     /// The console writing JSON lines to a file.
