@@ -32,17 +32,21 @@ enum Command {
         /// Repetitions of each pair (the ratio reported is their median).
         #[arg(long, default_value_t = 5)]
         reps: usize,
-        /// Single publishes per run at concurrency 1 (four times as many at higher ones).
+        /// Single publishes per run at concurrency 1 (four times as many at higher ones, twenty
+        /// times at the ceiling, 1,024 in flight or more).
         #[arg(long, default_value_t = 5_000)]
         count: u64,
-        /// Batches per run.
+        /// Batches per run of 1,000 events (as many events in batches of other sizes, at least
+        /// three batches).
         #[arg(long, default_value_t = 20)]
         batches: u64,
-        /// Concurrencies of the single-publish workloads (0 for none).
-        #[arg(long, value_delimiter = ',', default_values_t = [1, 64])]
+        /// Concurrencies of the single-publish workloads (0 for none); 4,096 is the ceiling
+        /// workload.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 64, 4096])]
         concurrency: Vec<usize>,
-        /// Events per batch of the batch workloads (0 for none).
-        #[arg(long, value_delimiter = ',', default_values_t = [1000])]
+        /// Events per batch of the batch workloads (0 for none); 10,000 is the ceiling
+        /// workload.
+        #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000])]
         batch_size: Vec<usize>,
         /// Payload size in bytes.
         #[arg(long, default_value_t = 256)]
@@ -251,12 +255,19 @@ async fn main() {
                 .map(|&c| Workload::Single {
                     concurrency: c,
                     // More events when more are in flight, so each run lasts about as long.
-                    count: if c > 1 { count * 4 } else { count },
+                    count: match c {
+                        1 => count,
+                        2..1024 => count * 4,
+                        _ => count * 20,
+                    },
                 });
             let batched = batch_size
                 .iter()
                 .filter(|n| **n > 0)
-                .map(|&n| Workload::Batch { size: n, batches });
+                .map(|&n| Workload::Batch {
+                    size: n,
+                    batches: (batches * 1000 / n as u64).max(3),
+                });
             let workloads: Vec<Workload> = singles.chain(batched).collect();
             let mut rows = Vec::new();
             let mut failed = false;

@@ -85,6 +85,17 @@ impl Row {
         median(&self.ratios)
     }
 
+    /// A ceiling workload: 1,024 or more single publishes in flight, or batches of 10,000 or
+    /// more.
+    pub fn is_ceiling(&self) -> bool {
+        let n = |prefix: &str| {
+            self.workload
+                .strip_prefix(prefix)
+                .and_then(|n| n.parse::<usize>().ok())
+        };
+        n("single c=").is_some_and(|c| c >= 1024) || n("batch ").is_some_and(|s| s >= 10_000)
+    }
+
     fn ratio_min(&self) -> f64 {
         self.ratios.iter().copied().fold(f64::INFINITY, f64::min)
     }
@@ -143,6 +154,15 @@ pub fn checks(rows: &[Row]) -> Vec<Check> {
             target: format!("{} {}: ours/raw >= 0.95", r.backend, r.workload),
             measured: format!("{:.3}", r.ratio()),
             met: r.ratio() >= 0.95,
+        });
+    }
+    // At the ceiling, the latency a caller sees stays near the raw client's.
+    for r in rows.iter().filter(|r| r.is_ceiling()) {
+        let x = r.ours_p99_us as f64 / (r.raw_p99_us as f64).max(1.0);
+        out.push(Check {
+            target: format!("{} {}: ours p99 <= 1.2x raw p99", r.backend, r.workload),
+            measured: format!("{x:.2}x ({} vs {} µs)", r.ours_p99_us, r.raw_p99_us),
+            met: x <= 1.2,
         });
     }
     let find = |b: &str, w: &str| rows.iter().find(|r| r.backend == b && r.workload == w);

@@ -7,6 +7,7 @@ use deadpool::Runtime;
 use lapin::Connection;
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
+use publisher_core::backend::Checked;
 use publisher_core::{
     Backend, BatchResults, Error, ErrorKind, Event, Gated, Health, Lifecycle, Position, Result,
     SharedHandle, Teardown,
@@ -346,7 +347,8 @@ impl Backend for AmqpBackend {
         validate(event, self.config.max_message_bytes)
     }
 
-    async fn publish(&self, event: &Event) -> Result<Position> {
+    async fn publish(&self, event: Checked<'_>) -> Result<Position> {
+        let event = event.event();
         let channel = self.channel().await?;
         let outcome = self.send(&channel, event).await?;
         self.confirmed(event, outcome.await)

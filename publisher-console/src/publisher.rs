@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use publisher_core::backend::Checked;
 use publisher_core::{
     Backend, BatchResults, Error, ErrorKind, Event, Gated, Health, Lifecycle, Position, Result,
     Teardown, Timeouts,
@@ -255,7 +256,7 @@ impl ConsoleBackend {
         let mut pending = self.pending();
         results
             .pending(events)
-            .map(|(i, e)| (i, self.encode_into(&mut pending, e)))
+            .map(|(i, e)| (i, self.encode_into(&mut pending, &e)))
             .collect()
     }
 
@@ -340,7 +341,8 @@ impl Backend for ConsoleBackend {
         Ok(())
     }
 
-    async fn publish(&self, event: &Event) -> Result<Position> {
+    async fn publish(&self, event: Checked<'_>) -> Result<Position> {
+        let event = event.event();
         let due = self.append(event)?;
         let flush = self.flush == FlushPolicy::Event;
         if flush || due {

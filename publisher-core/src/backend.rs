@@ -52,7 +52,7 @@ pub trait Backend: Debug + Send + Sync + Sized + 'static {
     ///
     /// # Errors
     /// As [`Publisher::publish`].
-    fn publish(&self, event: &Event) -> impl Future<Output = Result<Position>> + Send;
+    fn publish(&self, event: Checked<'_>) -> impl Future<Output = Result<Position>> + Send;
 
     /// Publishes a batch, recording each event's result in `results` (by index, in the order
     /// of `events`) as soon as the broker answers for it: a result recorded before the batch
@@ -103,6 +103,31 @@ pub trait Backend: Debug + Send + Sync + Sized + 'static {
     /// # Errors
     /// `Config` naming the field at fault; the backend's connection errors.
     fn connect(config: Self::Config) -> impl Future<Output = Result<Gated<Self>>> + Send;
+}
+
+/// An event the gate has [checked](Backend::check): what [`Backend::publish`] takes. Only the
+/// gate makes one, so a backend reached through [`Gated::get_ref`] cannot be made to publish
+/// around the gate (unchecked, after close, or unbounded).
+#[derive(Debug, Clone, Copy)]
+pub struct Checked<'a>(&'a Event);
+
+impl<'a> Checked<'a> {
+    pub(crate) fn new(event: &'a Event) -> Self {
+        Self(event)
+    }
+
+    /// The event.
+    pub fn event(self) -> &'a Event {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Checked<'_> {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        self.0
+    }
 }
 
 /// What [`open`] returns: the publisher a URL describes, boxed. The facade

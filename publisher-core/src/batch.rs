@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use crate::backend::Checked;
 use crate::error::Result;
 use crate::event::Event;
 use crate::outcome::{BatchOutcome, Position, Receipt};
@@ -19,8 +20,8 @@ pub struct BatchResults {
 }
 
 impl BatchResults {
-    /// Empty slots for a batch of `n` events.
-    pub fn new(n: usize) -> Self {
+    /// Empty slots for a batch of `n` events (made by the gate only).
+    pub(crate) fn new(n: usize) -> Self {
         Self {
             slots: (0..n).map(|_| OnceLock::new()).collect(),
         }
@@ -46,14 +47,17 @@ impl BatchResults {
     /// The events of `events` that have no result yet, with their index: at the start of
     /// [`Backend::publish_batch`](crate::Backend::publish_batch), those that passed the gate's
     /// check, the ones to send.
-    pub fn pending<'e>(&'e self, events: &'e [Event]) -> impl Iterator<Item = (usize, &'e Event)> {
+    pub fn pending<'e>(
+        &'e self,
+        events: &'e [Event],
+    ) -> impl Iterator<Item = (usize, Checked<'e>)> {
         debug_assert_eq!(events.len(), self.slots.len());
         self.slots
             .iter()
             .zip(events)
             .enumerate()
             .filter(|(_, (slot, _))| slot.get().is_none())
-            .map(|(i, (_, event))| (i, event))
+            .map(|(i, (_, event))| (i, Checked::new(event)))
     }
 
     /// Number of events in the batch.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::backend::Checked;
 use crate::{
     Backend, BatchOutcome, BatchResults, CloseReport, Event, Health, Lifecycle, Publisher, Receipt,
     Result,
@@ -88,7 +89,7 @@ impl<B: Backend> Publisher for Gated<B> {
             .lifecycle
             .run(backend.publish_timeout(), "publish", async {
                 backend.check(&event)?;
-                backend.publish(&event).await
+                backend.publish(Checked::new(&event)).await
             })
             .await?;
         Ok(Receipt::from_event(event, position))

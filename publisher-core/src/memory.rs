@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::backend::Checked;
 use crate::config::Timeouts;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
@@ -251,7 +252,8 @@ impl Backend for MemoryBackend {
         event.validate(BACKEND)
     }
 
-    async fn publish(&self, event: &Event) -> Result<Position> {
+    async fn publish(&self, event: Checked<'_>) -> Result<Position> {
+        let event = event.event();
         let (fault, delay) = self.take_fault();
         if delay.is_zero() {
             // A broker answers later, never within the call: a publish stays in flight across

@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use publisher_core::backend::Checked;
 use publisher_core::{
     Backend, BatchResults, Error, ErrorKind, Event, Gated, Health, Lifecycle, Position, Result,
     Teardown,
@@ -320,7 +321,8 @@ impl Backend for KafkaBackend {
         validate(event, self.max())
     }
 
-    async fn publish(&self, event: &Event) -> Result<Position> {
+    async fn publish(&self, event: Checked<'_>) -> Result<Position> {
+        let event = event.event();
         let producer = self.producer()?;
         self.topics
             .check(&producer, event.topic(), self.topic_wait())
@@ -337,7 +339,10 @@ impl Backend for KafkaBackend {
         let mut pending = Vec::with_capacity(events.len());
         // Each distinct topic looked up once, all at the same time: one slow topic does not
         // hold the others' events back.
-        let mut topics: Vec<&str> = results.pending(events).map(|(_, e)| e.topic()).collect();
+        let mut topics: Vec<&str> = results
+            .pending(events)
+            .map(|(_, e)| e.event().topic())
+            .collect();
         topics.sort_unstable();
         topics.dedup();
         let looked_up = futures::future::join_all(
@@ -353,7 +358,7 @@ impl Backend for KafkaBackend {
                 results.set(i, Err(e));
                 continue;
             }
-            match self.enqueue(&producer, event, deadline).await {
+            match self.enqueue(&producer, &event, deadline).await {
                 Ok(future) => pending.push((i, future)),
                 Err(e) => results.set(i, Err(e)),
             }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
 use async_nats::jetstream::context::{Context, ContextBuilder};
+use publisher_core::backend::Checked;
 use publisher_core::{
     Backend, BatchResults, Error, Event, Gated, Health, Lifecycle, Position, Result, Teardown,
 };
@@ -178,7 +179,8 @@ impl Backend for NatsBackend {
         validate(event, self.max_payload)
     }
 
-    async fn publish(&self, event: &Event) -> Result<Position> {
+    async fn publish(&self, event: Checked<'_>) -> Result<Position> {
+        let event = event.event();
         let ack = self.send(event).await?;
         self.acked(ack, event.topic()).await
     }
@@ -187,7 +189,7 @@ impl Backend for NatsBackend {
         let mut pending = Vec::with_capacity(events.len());
         // Sent in order, one after the other, then every PubAck awaited at once.
         for (i, event) in results.pending(events) {
-            match self.send(event).await {
+            match self.send(&event).await {
                 Ok(ack) => pending.push((i, ack)),
                 Err(e) => results.set(i, Err(e)),
             }

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool::Runtime;
+use publisher_core::backend::Checked;
 use publisher_core::envelope;
 use publisher_core::{
     Backend, BatchResults, Error, ErrorKind, Event, Gated, Health, Lifecycle, Position,
@@ -390,7 +391,8 @@ impl Backend for RedisBackend {
         RedisBackend::check(self, event)
     }
 
-    async fn publish(&self, event: &Event) -> Result<Position> {
+    async fn publish(&self, event: Checked<'_>) -> Result<Position> {
+        let event = event.event();
         let cmd = self.command(event);
         if self.config.wait_replicas > 0 {
             return self.publish_waiting(event, cmd).await;
@@ -409,7 +411,7 @@ impl Backend for RedisBackend {
         pipe.ignore_errors();
         let mut sent = Vec::with_capacity(events.len());
         for (i, event) in results.pending(events) {
-            pipe.add_command(self.command(event));
+            pipe.add_command(self.command(&event));
             sent.push(i);
         }
         if sent.is_empty() {

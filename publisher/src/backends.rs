@@ -8,8 +8,35 @@ use serde::{Deserialize, Serialize};
 
 use crate::from_url::{Open, Registered};
 
+/// One scheme's row: the backend's feature, or the scheme's own (`"rediss" @ "redis-tls"`).
+macro_rules! scheme {
+    ($scheme:literal; $backend:path; $name:literal; $cfg:meta) => {
+        Registered {
+            scheme: $scheme,
+            feature: $name,
+            #[cfg($cfg)]
+            open: Some(open::<$backend> as Open),
+            #[cfg(not($cfg))]
+            open: None,
+        }
+    };
+    ($scheme:literal @ $feature:literal; $backend:path; $name:literal; $cfg:meta) => {
+        Registered {
+            scheme: $scheme,
+            feature: $feature,
+            #[cfg(feature = $feature)]
+            open: Some(open::<$backend> as Open),
+            #[cfg(not(feature = $feature))]
+            open: None,
+        }
+    };
+}
+
 macro_rules! backends {
-    ($( $variant:ident($backend:path) $name:literal if $cfg:meta, [$($scheme:literal),+]; )*) => {
+    ($(
+        $variant:ident($backend:path) $name:literal if $cfg:meta,
+        [$($scheme:literal $(@ $feature:literal)?),+];
+    )*) => {
         /// Which backend to build and how. One table (or environment prefix) per backend,
         /// holding that backend's config:
         ///
@@ -76,14 +103,7 @@ macro_rules! backends {
         /// Every scheme the facade can open, with the feature that enables it.
         pub(crate) const REGISTRY: &[Registered] = &[
             $($(
-                Registered {
-                    scheme: $scheme,
-                    feature: $name,
-                    #[cfg($cfg)]
-                    open: Some(open::<$backend> as Open),
-                    #[cfg(not($cfg))]
-                    open: None,
-                },
+                scheme!($scheme $(@ $feature)?; $backend; $name; $cfg),
             )+)*
         ];
     };
@@ -92,8 +112,8 @@ macro_rules! backends {
 backends! {
     Memory(publisher_core::MemoryBackend) "memory" if all(), ["memory"];
     Console(publisher_console::ConsoleBackend) "console" if feature = "console", ["console"];
-    Redis(publisher_redis::RedisBackend) "redis" if feature = "redis", ["redis", "rediss"];
-    Amqp(publisher_amqp::AmqpBackend) "amqp" if feature = "amqp", ["amqp", "amqps"];
+    Redis(publisher_redis::RedisBackend) "redis" if feature = "redis", ["redis", "rediss" @ "redis-tls"];
+    Amqp(publisher_amqp::AmqpBackend) "amqp" if feature = "amqp", ["amqp", "amqps" @ "amqp-tls"];
     Kafka(publisher_kafka::KafkaBackend) "kafka" if feature = "kafka", ["kafka"];
     Nats(publisher_nats::NatsBackend) "nats" if feature = "nats", ["nats", "tls"];
 }
