@@ -312,84 +312,22 @@ impl Lifecycle {
     /// [`ErrorKind::OutcomeUnknown`] (its bytes may have left); once abandoned it is not polled
     /// again, so nothing starts sending after the close deadline.
     ///
+    /// The returned future is `fut` plus a few words: it holds `fut` once, and registers its
+    /// timer and its watch on the close deadline only if `fut` is still pending after its
+    /// first poll (a buffered console write never touches them).
+    ///
     /// # Cancel safety
     /// Dropping the returned future drops `fut` and releases the gate.
-    pub async fn run<T, Fut>(&self, timeout: Duration, what: &str, fut: Fut) -> Result<T>
-    where
-        Fut: Future<Output = Result<T>>,
-    {
-        let guard = self.enter()?;
-        self.gated(guard, timeout, what, fut, || 1).await
-    }
-
-    /// Polls `fut` under the publish timeout and the abandonment watch. `unconfirmed` says how
-    /// many events are still waiting for the broker when it is abandoned.
-    async fn gated<T, Fut>(
-        &self,
-        guard: InFlight,
+    pub fn run<'a, T, Fut>(
+        &'a self,
         timeout: Duration,
-        what: &str,
+        what: &'a str,
         fut: Fut,
-        unconfirmed: impl Fn() -> usize,
-    ) -> Result<T>
+    ) -> impl Future<Output = Result<T>> + 'a
     where
-        Fut: Future<Output = Result<T>>,
+        Fut: Future<Output = Result<T>> + 'a,
     {
-        let inner = &*self.inner;
-        let mut fut = std::pin::pin!(fut);
-        // Neither the timer nor the abandonment watch is registered until their first poll,
-        // which comes only once the publish is pending: a publish that completes on its first
-        // poll (a buffered console write) never touches them.
-        let mut timer = std::pin::pin!(tokio::time::sleep(timeout));
-        let mut abandoned = std::pin::pin!(inner.abandon.cancelled());
-        let mut guard = Some(guard);
-        let mut give_up = || {
-            let _counting = inner.giving_up.lock().unwrap_or_else(|p| p.into_inner());
-            inner
-                .abandoned_events
-                .fetch_add(unconfirmed(), Ordering::AcqRel);
-            drop(guard.take());
-            Poll::Ready(Err(Error::outcome_unknown(
-                inner.backend,
-                format!(
-                    "{what} abandoned: the close deadline passed before the broker confirmed \
-                     (the broker may or may not have it)"
-                ),
-            )))
-        };
-        // The publish is polled first and once per wake-up: polling a pending client future
-        // again for nothing (as `select!` after a first poll would) costs real work in some
-        // clients (lapin registers a new listener on every poll). Abandonment is checked before
-        // every poll, so an abandoned publish never sends more; so is an elapsed timeout.
-        let timed_out = || {
-            Poll::Ready(Err(Error::outcome_unknown(
-                inner.backend,
-                format!(
-                    "{what} timed out after {} before the broker confirmed (the broker may \
-                     or may not have it)",
-                    humantime::format_duration(timeout)
-                ),
-            )))
-        };
-        std::future::poll_fn(|cx| {
-            if inner.abandoned.load(Ordering::Acquire) {
-                return give_up();
-            }
-            if timer.is_elapsed() {
-                return timed_out();
-            }
-            if let Poll::Ready(r) = fut.as_mut().poll(cx) {
-                return Poll::Ready(r);
-            }
-            if abandoned.as_mut().poll(cx).is_ready() {
-                return give_up();
-            }
-            if timer.as_mut().poll(cx).is_ready() {
-                return timed_out();
-            }
-            Poll::Pending
-        })
-        .await
+        Gate::new(self, None, timeout, what, fut, || 1)
     }
 
     /// Runs one batch through the gate like [`Lifecycle::run`]; `fut` records each event's
@@ -422,7 +360,7 @@ impl Lifecycle {
                         .filter(|(e, r)| r.is_none() && check(e).is_ok())
                         .count()
                 };
-                self.gated(guard, timeout, what, fut, unconfirmed)
+                Gate::new(self, Some(guard), timeout, what, fut, unconfirmed)
                     .await
                     .err()
             }
@@ -517,6 +455,138 @@ impl Drop for Lifecycle {
         self.inner.abandon();
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One publish (or batch) in the gate: see [`Lifecycle::run`]. A hand-written future, so
+    /// that `fut` is stored once and the timer and abandonment watch only when needed: every
+    /// publish future is this large, and thousands may be in flight.
+    struct Gate<'a, Fut, U> {
+        lifecycle: &'a Lifecycle,
+        // Set by the first poll (which admits a publish that has no guard yet).
+        started: bool,
+        guard: Option<InFlight>,
+        timeout: Duration,
+        what: &'a str,
+        // How many events are still waiting for the broker when the publish is abandoned.
+        unconfirmed: U,
+        #[pin]
+        fut: Fut,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+        #[pin]
+        abandoned: Option<tokio_util::sync::WaitForCancellationFuture<'a>>,
+    }
+}
+
+impl<'a, T, Fut, U> Gate<'a, Fut, U>
+where
+    Fut: Future<Output = Result<T>>,
+    U: Fn() -> usize,
+{
+    fn new(
+        lifecycle: &'a Lifecycle,
+        guard: Option<InFlight>,
+        timeout: Duration,
+        what: &'a str,
+        fut: Fut,
+        unconfirmed: U,
+    ) -> Self {
+        Self {
+            lifecycle,
+            started: false,
+            guard,
+            timeout,
+            what,
+            unconfirmed,
+            fut,
+            timer: None,
+            abandoned: None,
+        }
+    }
+}
+
+impl<T, Fut, U> Future for Gate<'_, Fut, U>
+where
+    Fut: Future<Output = Result<T>>,
+    U: Fn() -> usize,
+{
+    type Output = Result<T>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Result<T>> {
+        let mut this = self.project();
+        let lifecycle: &Lifecycle = this.lifecycle;
+        let inner = &*lifecycle.inner;
+        if !*this.started {
+            *this.started = true;
+            if this.guard.is_none() {
+                match lifecycle.enter() {
+                    Ok(guard) => *this.guard = Some(guard),
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+        }
+        let give_up = |guard: &mut Option<InFlight>, unconfirmed: &U, what: &str| {
+            let _counting = inner.giving_up.lock().unwrap_or_else(|p| p.into_inner());
+            inner
+                .abandoned_events
+                .fetch_add(unconfirmed(), Ordering::AcqRel);
+            drop(guard.take());
+            Poll::Ready(Err(Error::outcome_unknown(
+                inner.backend,
+                format!(
+                    "{what} abandoned: the close deadline passed before the broker confirmed \
+                     (the broker may or may not have it)"
+                ),
+            )))
+        };
+        let timed_out = |what: &str, timeout: Duration| {
+            Poll::Ready(Err(Error::outcome_unknown(
+                inner.backend,
+                format!(
+                    "{what} timed out after {} before the broker confirmed (the broker may \
+                     or may not have it)",
+                    humantime::format_duration(timeout)
+                ),
+            )))
+        };
+        // The publish is polled first and once per wake-up: polling a pending client future
+        // again for nothing (as `select!` after a first poll would) costs real work in some
+        // clients (lapin registers a new listener on every poll). Abandonment is checked before
+        // every poll, so an abandoned publish never sends more; so is an elapsed timeout.
+        if inner.abandoned.load(Ordering::Acquire) {
+            return give_up(this.guard, this.unconfirmed, this.what);
+        }
+        if this
+            .timer
+            .as_ref()
+            .as_pin_ref()
+            .is_some_and(|t| t.is_elapsed())
+        {
+            return timed_out(this.what, *this.timeout);
+        }
+        if let Poll::Ready(r) = this.fut.poll(cx) {
+            drop(this.guard.take());
+            return Poll::Ready(r);
+        }
+        if this.abandoned.is_none() {
+            this.abandoned.set(Some(inner.abandon.cancelled()));
+        }
+        if let Some(abandoned) = this.abandoned.as_pin_mut()
+            && abandoned.poll(cx).is_ready()
+        {
+            return give_up(this.guard, this.unconfirmed, this.what);
+        }
+        if this.timer.is_none() {
+            this.timer.set(Some(tokio::time::sleep(*this.timeout)));
+        }
+        if let Some(timer) = this.timer.as_pin_mut()
+            && timer.poll(cx).is_ready()
+        {
+            return timed_out(this.what, *this.timeout);
+        }
+        Poll::Pending
     }
 }
 

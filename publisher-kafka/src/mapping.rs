@@ -42,9 +42,10 @@ pub(crate) fn validate(event: &Event, max_bytes: usize) -> Result<()> {
     if topic == "." || topic == ".." {
         return bad_topic(format!("`{topic}` is not a valid topic name"));
     }
-    if let Some(c) = topic
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    let legal = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    // Bytes, not chars: every legal character is ASCII, and this runs on every publish.
+    if !topic.bytes().all(legal)
+        && let Some(c) = topic.chars().find(|c| !(c.is_ascii() && legal(*c as u8)))
     {
         return bad_topic(format!(
             "topic `{topic}` contains {c:?}; Kafka allows only [A-Za-z0-9._-]"

@@ -324,13 +324,27 @@ impl Backend for KafkaBackend {
     async fn publish(&self, event: Checked<'_>) -> Result<Position> {
         let event = event.event();
         let producer = self.producer()?;
-        self.topics
-            .check(&producer, event.topic(), self.topic_wait())
+        // The slow paths (a topic's first lookup, a full local queue) are boxed: every publish
+        // future is as large as its largest state, and thousands may be in flight.
+        if !self.topics.is_known(event.topic()) {
+            Box::pin(
+                self.topics
+                    .check(&producer, event.topic(), self.topic_wait()),
+            )
             .await?;
-        let r = producer
-            .send(record(event), Timeout::After(self.config.timeouts.publish))
-            .await;
-        self.delivered(&producer, r)
+        }
+        let delivery = match producer.send_result(record(event)) {
+            Ok(delivery) => delivery,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                let deadline = Instant::now() + self.config.timeouts.publish;
+                Box::pin(self.enqueue(&producer, event, deadline)).await?
+            }
+            Err((e, _)) => return Err(from_kafka(e, self.max())),
+        };
+        match delivery.await {
+            Ok(r) => self.delivered(&producer, r),
+            Err(_canceled) => Err(from_kafka(KafkaError::Canceled, self.max())),
+        }
     }
 
     async fn publish_batch(&self, events: &[Event], results: &BatchResults) -> Result<()> {

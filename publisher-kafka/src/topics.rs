@@ -46,7 +46,7 @@ enum Failed {
 /// The topics the broker confirmed exist.
 #[derive(Default)]
 pub(crate) struct KnownTopics {
-    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    topics: RwLock<HashMap<String, Arc<Topic>, foldhash::fast::RandomState>>,
 }
 
 /// What the broker said of a topic.
@@ -126,6 +126,15 @@ impl KnownTopics {
 }
 
 impl KnownTopics {
+    /// Whether the broker confirmed `topic` exists: the lookup every publish makes first,
+    /// without waiting.
+    pub(crate) fn is_known(&self, topic: &str) -> bool {
+        let topics = self.topics.read().unwrap_or_else(|p| p.into_inner());
+        topics
+            .get(topic)
+            .is_some_and(|t| t.known.load(Ordering::Acquire))
+    }
+
     /// A topic the broker confirmed, if any.
     pub(crate) fn any_known(&self) -> Option<String> {
         let topics = self.topics.read().unwrap_or_else(|p| p.into_inner());
