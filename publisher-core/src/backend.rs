@@ -38,6 +38,15 @@ pub trait Backend: Debug + Send + Sync + Sized + 'static {
     /// Bound of one publish or batch, from the backend's config.
     fn publish_timeout(&self) -> Duration;
 
+    /// Whether every publish and batch of this backend ends, by the backend's own means, within
+    /// [`Backend::publish_timeout`], with `OutcomeUnknown` when the broker did not confirm in
+    /// time. The gate then sets no timer of its own per publish (a timer registration and
+    /// removal per publish, which a client with its own per-message timeout already pays).
+    /// Default: false, and the gate bounds every publish.
+    fn bounds_itself(&self) -> bool {
+        false
+    }
+
     /// Checks an event without sending it. The gate calls it once per event, before
     /// [`Backend::publish`] or [`Backend::publish_batch`] see the event, and again for the
     /// events of a batch that failed as a whole (so that a bad event is reported as such).

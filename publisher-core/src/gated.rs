@@ -68,6 +68,12 @@ impl<B: Backend> Gated<B> {
     }
 }
 
+/// The gate's own bound on a publish of `backend`: none when the backend bounds every publish
+/// itself.
+fn timer<B: Backend>(backend: &B) -> Option<std::time::Duration> {
+    (!backend.bounds_itself()).then(|| backend.publish_timeout())
+}
+
 impl<B: Backend> fmt::Debug for Gated<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Gated")
@@ -87,7 +93,7 @@ impl<B: Backend> Publisher for Gated<B> {
         let backend = &*self.backend;
         let position = self
             .lifecycle
-            .run(backend.publish_timeout(), "publish", async {
+            .run_timed(timer(backend), "publish", async {
                 backend.check(&event)?;
                 backend.publish(Checked::new(&event)).await
             })
@@ -99,8 +105,8 @@ impl<B: Backend> Publisher for Gated<B> {
         let backend = &*self.backend;
         let results = BatchResults::new(events.len());
         self.lifecycle
-            .run_batch(
-                backend.publish_timeout(),
+            .run_batch_timed(
+                timer(backend),
                 "batch publish",
                 &events,
                 &results,

@@ -327,6 +327,21 @@ impl Lifecycle {
     where
         Fut: Future<Output = Result<T>> + 'a,
     {
+        self.run_timed(Some(timeout), what, fut)
+    }
+
+    /// As [`Lifecycle::run`]; without a timer of the gate's own when `timeout` is `None` (a
+    /// backend that bounds every publish itself, see
+    /// [`Backend::bounds_itself`](crate::Backend::bounds_itself)).
+    pub(crate) fn run_timed<'a, T, Fut>(
+        &'a self,
+        timeout: Option<Duration>,
+        what: &'a str,
+        fut: Fut,
+    ) -> impl Future<Output = Result<T>> + 'a
+    where
+        Fut: Future<Output = Result<T>> + 'a,
+    {
         Gate::new(self, None, timeout, what, fut, || 1)
     }
 
@@ -341,6 +356,23 @@ impl Lifecycle {
     pub async fn run_batch<Fut>(
         &self,
         timeout: Duration,
+        what: &str,
+        events: &[Event],
+        results: &BatchResults,
+        check: impl Fn(&Event) -> Result<()>,
+        fut: Fut,
+    ) -> BatchOutcome
+    where
+        Fut: Future<Output = Result<()>>,
+    {
+        self.run_batch_timed(Some(timeout), what, events, results, check, fut)
+            .await
+    }
+
+    /// As [`Lifecycle::run_batch`], with the timer as in [`Lifecycle::run_timed`].
+    pub(crate) async fn run_batch_timed<Fut>(
+        &self,
+        timeout: Option<Duration>,
         what: &str,
         events: &[Event],
         results: &BatchResults,
@@ -467,7 +499,8 @@ pin_project_lite::pin_project! {
         // Set by the first poll (which admits a publish that has no guard yet).
         started: bool,
         guard: Option<InFlight>,
-        timeout: Duration,
+        // The gate's own bound; `None` when the backend bounds every publish itself.
+        timeout: Option<Duration>,
         what: &'a str,
         // How many events are still waiting for the broker when the publish is abandoned.
         unconfirmed: U,
@@ -488,7 +521,7 @@ where
     fn new(
         lifecycle: &'a Lifecycle,
         guard: Option<InFlight>,
-        timeout: Duration,
+        timeout: Option<Duration>,
         what: &'a str,
         fut: Fut,
         unconfirmed: U,
@@ -558,13 +591,14 @@ where
         if inner.abandoned.load(Ordering::Acquire) {
             return give_up(this.guard, this.unconfirmed, this.what);
         }
-        if this
-            .timer
-            .as_ref()
-            .as_pin_ref()
-            .is_some_and(|t| t.is_elapsed())
+        if let Some(timeout) = *this.timeout
+            && this
+                .timer
+                .as_ref()
+                .as_pin_ref()
+                .is_some_and(|t| t.is_elapsed())
         {
-            return timed_out(this.what, *this.timeout);
+            return timed_out(this.what, timeout);
         }
         if let Poll::Ready(r) = this.fut.poll(cx) {
             drop(this.guard.take());
@@ -578,13 +612,15 @@ where
         {
             return give_up(this.guard, this.unconfirmed, this.what);
         }
-        if this.timer.is_none() {
-            this.timer.set(Some(tokio::time::sleep(*this.timeout)));
-        }
-        if let Some(timer) = this.timer.as_pin_mut()
-            && timer.poll(cx).is_ready()
-        {
-            return timed_out(this.what, *this.timeout);
+        if let Some(timeout) = *this.timeout {
+            if this.timer.is_none() {
+                this.timer.set(Some(tokio::time::sleep(timeout)));
+            }
+            if let Some(timer) = this.timer.as_pin_mut()
+                && timer.poll(cx).is_ready()
+            {
+                return timed_out(this.what, timeout);
+            }
         }
         Poll::Pending
     }

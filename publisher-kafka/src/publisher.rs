@@ -133,6 +133,18 @@ impl KafkaBackend {
     }
 }
 
+/// A publish (or batch) whose slow start (a topic lookup, a full queue) left its delivery
+/// reports too little of the publish timeout.
+fn late(timeout: Duration) -> Error {
+    Error::outcome_unknown(
+        BACKEND,
+        format!(
+            "no delivery report within the publish timeout ({timeout:?}); the record may or \
+             may not have been written"
+        ),
+    )
+}
+
 /// A delivery report's error: the record was handed to librdkafka, which may have sent it
 /// (and retried it) before giving up, so a transport or availability failure does not mean the
 /// broker lacks it.
@@ -239,6 +251,27 @@ impl KafkaBackend {
         self.config.max_message_bytes
     }
 
+    /// Looks `topic` up (see [`KnownTopics::check`]) until `deadline` at the latest, however
+    /// many publishes queue for the same topic's lookup: nothing is sent when it times out.
+    async fn look_up(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        deadline: Instant,
+    ) -> Result<()> {
+        let until = tokio::time::Instant::from_std(deadline);
+        let check = self.topics.check(producer, topic, self.topic_wait());
+        tokio::time::timeout_at(until, check)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::timeout(
+                    BACKEND,
+                    &format!("looking up topic `{topic}` (nothing was sent)"),
+                    self.publish_timeout(),
+                ))
+            })
+    }
+
     /// How long to wait for a topic's metadata before sending anyway.
     fn topic_wait(&self) -> Duration {
         self.config
@@ -317,6 +350,14 @@ impl Backend for KafkaBackend {
         self.config.timeouts.publish
     }
 
+    /// librdkafka reports every record within `message_timeout`, which the config keeps at
+    /// least a second (librdkafka's scan interval) below the publish timeout; a full local
+    /// queue is waited for until the publish timeout, and a topic lookup too. So the gate adds
+    /// no timer of its own to every publish.
+    fn bounds_itself(&self) -> bool {
+        true
+    }
+
     fn check(&self, event: &Event) -> Result<()> {
         validate(event, self.max())
     }
@@ -325,23 +366,32 @@ impl Backend for KafkaBackend {
         let event = event.event();
         let producer = self.producer()?;
         // The slow paths (a topic's first lookup, a full local queue) are boxed: every publish
-        // future is as large as its largest state, and thousands may be in flight.
+        // future is as large as its largest state, and thousands may be in flight. A publish
+        // that took one is bounded by the publish timeout from its start as a whole; one that
+        // did not is handed to librdkafka at once, which reports within `message_timeout`.
+        let mut slow: Option<Instant> = None;
+        let mut deadline = || *slow.get_or_insert_with(|| Instant::now() + self.publish_timeout());
         if !self.topics.is_known(event.topic()) {
-            Box::pin(
-                self.topics
-                    .check(&producer, event.topic(), self.topic_wait()),
-            )
-            .await?;
+            Box::pin(self.look_up(&producer, event.topic(), deadline())).await?;
         }
         let delivery = match producer.send_result(record(event)) {
             Ok(delivery) => delivery,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                let deadline = Instant::now() + self.config.timeouts.publish;
-                Box::pin(self.enqueue(&producer, event, deadline)).await?
+                Box::pin(self.enqueue(&producer, event, deadline())).await?
             }
             Err((e, _)) => return Err(from_kafka(e, self.max())),
         };
-        match delivery.await {
+        let report = match slow {
+            None => delivery.await,
+            Some(deadline) => {
+                let until = tokio::time::Instant::from_std(deadline);
+                match Box::pin(tokio::time::timeout_at(until, delivery)).await {
+                    Ok(report) => report,
+                    Err(_) => return Err(late(self.publish_timeout())),
+                }
+            }
+        };
+        match report {
             Ok(r) => self.delivered(&producer, r),
             Err(_canceled) => Err(from_kafka(KafkaError::Canceled, self.max())),
         }
@@ -359,12 +409,9 @@ impl Backend for KafkaBackend {
             .collect();
         topics.sort_unstable();
         topics.dedup();
-        let looked_up = futures::future::join_all(
-            topics
-                .iter()
-                .map(|t| self.topics.check(&producer, t, self.topic_wait())),
-        )
-        .await;
+        let looked_up =
+            futures::future::join_all(topics.iter().map(|t| self.look_up(&producer, t, deadline)))
+                .await;
         let topic_ok: std::collections::HashMap<&str, Result<()>> =
             topics.into_iter().zip(looked_up).collect();
         for (i, event) in results.pending(events) {
@@ -385,8 +432,13 @@ impl Backend for KafkaBackend {
             };
             results.set(i, r);
         });
-        futures::future::join_all(reports).await;
-        Ok(())
+        // The batch as a whole ends by the publish timeout from its start (its lookups and
+        // a full queue may have taken part of it).
+        let until = tokio::time::Instant::from_std(deadline);
+        match tokio::time::timeout_at(until, futures::future::join_all(reports)).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(late(self.publish_timeout())),
+        }
     }
 
     async fn health(&self) -> Health {
