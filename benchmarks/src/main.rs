@@ -54,6 +54,10 @@ enum Command {
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+        /// Multiplexed connections the raw Redis client spreads its publishes over (ours uses
+        /// one): measures whether one connection is the limit.
+        #[arg(long, default_value_t = 1)]
+        raw_redis_connections: usize,
     },
     /// Many events, then many create/publish/close cycles; resource usage before and after.
     Soak {
@@ -69,10 +73,10 @@ enum Command {
     },
 }
 
-async fn raw_sink(t: &Target) -> Result<Arc<dyn Sink>, String> {
+async fn raw_sink(t: &Target, redis_connections: usize) -> Result<Arc<dyn Sink>, String> {
     Ok(match t.backend {
         Backend::Console => Arc::new(RawConsole::open(&format!("{}.raw", t.address))?),
-        Backend::Redis => Arc::new(RawRedis::connect(&t.address).await?),
+        Backend::Redis => Arc::new(RawRedis::connect(&t.address, redis_connections).await?),
         Backend::Amqp => Arc::new(RawAmqp::connect(&t.address).await?),
         Backend::Kafka => Arc::new(RawKafka::new(&t.address)?),
         Backend::Nats => Arc::new(RawNats::connect(&t.address).await?),
@@ -169,10 +173,11 @@ async fn measure(
     reps: usize,
     workloads: &[Workload],
     size: usize,
+    redis_connections: usize,
 ) -> Result<Vec<Row>, String> {
     let payload = Bytes::from(vec![b'x'; size]);
     let topic = prepare(t).await?;
-    let raw = raw_sink(t).await?;
+    let raw = raw_sink(t, redis_connections).await?;
     let publisher: Arc<dyn publisher::Publisher> = publisher::from_url_arc(&t.url())
         .await
         .map_err(|e| e.to_string())?;
@@ -248,6 +253,7 @@ async fn main() {
             batch_size,
             size,
             json,
+            raw_redis_connections,
         } => {
             let singles = concurrency
                 .iter()
@@ -272,7 +278,7 @@ async fn main() {
             let mut rows = Vec::new();
             let mut failed = false;
             for t in &targets {
-                match measure(t, reps, &workloads, size).await {
+                match measure(t, reps, &workloads, size, raw_redis_connections).await {
                     Ok(r) => rows.extend(r),
                     Err(e) => {
                         eprintln!("{}: {e}", t.backend);

@@ -36,26 +36,44 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// redis-rs: one multiplexed connection, `XADD topic * payload <bytes>`; batches pipelined.
-pub struct RawRedis(pub redis::aio::MultiplexedConnection);
+/// redis-rs: multiplexed connections (one unless `--raw-redis-connections` says more, to
+/// measure whether spreading publishes over several helps), `XADD topic * payload <bytes>`;
+/// batches pipelined.
+pub struct RawRedis {
+    connections: Vec<redis::aio::MultiplexedConnection>,
+    next: std::sync::atomic::AtomicUsize,
+}
 
 impl RawRedis {
-    /// Connects.
-    pub async fn connect(url: &str) -> Result<Self, String> {
+    /// Opens `connections` multiplexed connections (at least one).
+    pub async fn connect(url: &str, connections: usize) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(err)?;
-        Ok(Self(
-            client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(err)?,
-        ))
+        let mut all = Vec::new();
+        for _ in 0..connections.max(1) {
+            all.push(
+                client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(err)?,
+            );
+        }
+        Ok(Self {
+            connections: all,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// The next connection, round robin.
+    fn connection(&self) -> redis::aio::MultiplexedConnection {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.connections[i % self.connections.len()].clone()
     }
 }
 
 impl Sink for RawRedis {
     fn one<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let mut conn = self.0.clone();
+            let mut conn = self.connection();
             redis::cmd("XADD")
                 .arg(topic)
                 .arg("*")
@@ -79,7 +97,7 @@ impl Sink for RawRedis {
         n: usize,
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let mut conn = self.0.clone();
+            let mut conn = self.connection();
             let mut pipe = redis::pipe();
             for _ in 0..n {
                 pipe.cmd("XADD")

@@ -27,8 +27,6 @@ const RESERVED_PREFIX: &str = "x-publisher-";
 /// Longest topic name Kafka accepts.
 pub const MAX_TOPIC_LEN: usize = 249;
 
-/// Checks the topic name as the broker would, the header names, and the size against
-/// `max_bytes` (`message.max.bytes`).
 /// The bytes Kafka allows in a topic name: `[A-Za-z0-9._-]`.
 const LEGAL_TOPIC_BYTE: [bool; 256] = {
     let mut table = [false; 256];
@@ -41,6 +39,8 @@ const LEGAL_TOPIC_BYTE: [bool; 256] = {
     table
 };
 
+/// Checks the topic name as the broker would, the header names, and the size against
+/// `max_bytes` (`message.max.bytes`).
 pub(crate) fn validate(event: &Event, max_bytes: usize) -> Result<()> {
     event.validate(BACKEND)?;
     let topic = event.topic();
