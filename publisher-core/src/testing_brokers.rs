@@ -7,7 +7,7 @@
 //! 3. With the feature `testcontainers`, where a Docker engine answers: a container of the
 //!    broker's image, named `publisher-test-<broker>` and reused by later runs (remove it with
 //!    `docker rm -f publisher-test-redis publisher-test-rabbitmq publisher-test-kafka
-//!    publisher-test-nats`).
+//!    publisher-test-nats publisher-test-postgresql`).
 //! 4. Kafka only, outside CI: librdkafka's in-process mock cluster (`publisher-kafka`'s
 //!    `testing::EmbeddedKafka`).
 //! 5. Otherwise the backend's tests are skipped with one line on the terminal naming the
@@ -28,10 +28,19 @@ pub enum Broker {
     Kafka,
     /// NATS with JetStream, `nats://127.0.0.1:4222` by default.
     Nats,
+    /// PostgreSQL (the outbox's store), `postgres://postgres@127.0.0.1:5432/postgres` by
+    /// default.
+    Postgres,
 }
 
 impl Broker {
-    const ALL: [Broker; 4] = [Broker::Redis, Broker::RabbitMq, Broker::Kafka, Broker::Nats];
+    const ALL: [Broker; 5] = [
+        Broker::Redis,
+        Broker::RabbitMq,
+        Broker::Kafka,
+        Broker::Nats,
+        Broker::Postgres,
+    ];
 
     /// The broker's name in messages.
     pub fn name(self) -> &'static str {
@@ -40,6 +49,7 @@ impl Broker {
             Broker::RabbitMq => "RabbitMQ",
             Broker::Kafka => "Kafka",
             Broker::Nats => "NATS",
+            Broker::Postgres => "PostgreSQL",
         }
     }
 
@@ -50,6 +60,7 @@ impl Broker {
             Broker::RabbitMq => "PUBLISHER_TEST_AMQP_URL",
             Broker::Kafka => "PUBLISHER_TEST_KAFKA_BROKERS",
             Broker::Nats => "PUBLISHER_TEST_NATS_URL",
+            Broker::Postgres => "PUBLISHER_TEST_POSTGRES_URL",
         }
     }
 
@@ -60,6 +71,7 @@ impl Broker {
             Broker::RabbitMq => "amqp://guest:guest@127.0.0.1:5672/%2f",
             Broker::Kafka => "127.0.0.1:9092",
             Broker::Nats => "nats://127.0.0.1:4222",
+            Broker::Postgres => "postgres://postgres@127.0.0.1:5432/postgres",
         }
     }
 
@@ -75,7 +87,8 @@ impl Broker {
 /// # Panics
 /// When the broker's variable is set and nothing answers at its address.
 pub fn find_broker(broker: Broker) -> Result<String, String> {
-    static FOUND: [OnceLock<Result<String, String>>; 4] = [
+    static FOUND: [OnceLock<Result<String, String>>; 5] = [
+        OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
@@ -272,6 +285,7 @@ mod containers {
     use testcontainers::{ImageExt, ReuseDirective};
     use testcontainers_modules::kafka::apache::{KAFKA_PORT, Kafka};
     use testcontainers_modules::nats::{Nats, NatsServerCmd};
+    use testcontainers_modules::postgres::Postgres;
     use testcontainers_modules::rabbitmq::RabbitMq;
     use testcontainers_modules::redis::{REDIS_PORT, Redis};
 
@@ -339,6 +353,16 @@ mod containers {
                     .map_err(no_docker)?;
                 let port = c.get_host_port_ipv4(4222).await.map_err(no_docker)?;
                 format!("nats://127.0.0.1:{port}")
+            }
+            Broker::Postgres => {
+                let c = Postgres::default()
+                    .with_container_name(name)
+                    .with_reuse(ReuseDirective::Always)
+                    .start()
+                    .await
+                    .map_err(no_docker)?;
+                let port = c.get_host_port_ipv4(5432).await.map_err(no_docker)?;
+                format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres")
             }
         })
     }
