@@ -134,6 +134,7 @@ fn position_json(position: &Position) -> Value {
             sequence,
             duplicate,
         } => json!({ "stream": stream, "sequence": sequence, "duplicate": duplicate }),
+        Position::Spooled { sequence } => json!({ "spooled": sequence }),
         _ => Value::Null,
     }
 }

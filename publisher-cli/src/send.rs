@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use publisher::{Event, Publisher, Uuid};
+use publisher_outbox::SpoolConfig;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +65,16 @@ pub struct SendArgs {
     /// kind and message, and where the broker put it.
     #[arg(long, value_name = "FILE")]
     pub receipts: Option<PathBuf>,
+    /// Spool events durably in DIR (a local, crash-safe store) and deliver them from there:
+    /// an event counts as published once it is on disk, so the input can be sent while the
+    /// broker is down. What an earlier run left in DIR is delivered first. One evpub at a time
+    /// per DIR.
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// With `--spool`: how long to wait, after the input, for the spool to be delivered to the
+    /// broker; what is still spooled then stays in DIR for the next run.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub spool_wait: Duration,
 }
 
 /// Lines parsed for one lane, handed over together (one wake-up per chunk, not per line).
@@ -211,6 +222,29 @@ pub async fn run(publisher: Box<dyn Publisher>, endpoint: &str, args: SendArgs) 
     };
     let maybe_sent = MaybeSent::default();
     let mut publisher: Arc<dyn Publisher> = Arc::from(publisher);
+    let mut spool = None;
+    if let Some(dir) = &args.spool {
+        match publisher_outbox::with_spool(publisher.clone(), SpoolConfig::new(dir)).await {
+            Ok(s) => {
+                let s = Arc::new(s);
+                let backlog = s.backlog();
+                if backlog.pending > 0 {
+                    eprintln!(
+                        "evpub: spool {}: {} events from an earlier run, delivering them first",
+                        dir.display(),
+                        backlog.pending
+                    );
+                }
+                publisher = s.clone();
+                spool = Some(s);
+            }
+            Err(e) => {
+                eprintln!("evpub: --spool {}: {e}", dir.display());
+                let _ = publisher.close().await;
+                return 2;
+            }
+        }
+    }
     if args.retry {
         publisher = match attempts::with_retry(
             publisher.clone(),
@@ -350,6 +384,21 @@ pub async fn run(publisher: Box<dyn Publisher>, endpoint: &str, args: SendArgs) 
         }
     }
     progress.finish();
+    if let Some(spool) = &spool
+        && !interrupted.is_cancelled()
+    {
+        let waiting = spool.backlog().pending;
+        if waiting > 0 {
+            eprintln!(
+                "evpub: waiting up to {} for {waiting} spooled events to reach {endpoint}",
+                humantime::format_duration(args.spool_wait)
+            );
+            tokio::select! {
+                _ = &mut ctrl_c => interrupted.cancel(),
+                _ = spool.wait_delivered(args.spool_wait) => {}
+            }
+        }
+    }
     let close = publisher.close().await;
     drop(receipts);
     let receipts_ok = match receipts_writer {
@@ -372,12 +421,31 @@ pub async fn run(publisher: Box<dyn Publisher>, endpoint: &str, args: SendArgs) 
     let maybe_twice = counts.maybe_twice.load(Ordering::Relaxed);
     let not_sent = counts.not_sent.load(Ordering::Relaxed);
     let rate = published as f64 / elapsed.as_secs_f64().max(1e-9);
+    let verb = if spool.is_some() {
+        "spooled"
+    } else {
+        "published"
+    };
     let mut summary = format!(
-        "published {published}, failed {failed}, skipped {skipped}, elapsed {elapsed:.2?}, {rate:.0} events/s ({endpoint})"
+        "{verb} {published}, failed {failed}, skipped {skipped}, elapsed {elapsed:.2?}, {rate:.0} events/s ({endpoint})"
     );
     if maybe_twice > 0 {
         summary.push_str(&format!(
             "; {maybe_twice} of them possibly twice (an earlier attempt's outcome was unknown)"
+        ));
+    }
+    if let (Some(spool), Some(dir)) = (&spool, &args.spool) {
+        let delivered = spool.relay_counts().delivered;
+        let left = spool
+            .relay_report()
+            .and_then(|r| r.left)
+            .unwrap_or_else(|| spool.backlog());
+        summary.push_str(&format!(
+            "; spool {}: delivered {delivered} this run, left {} (the next `evpub send --spool` \
+             delivers them), dead {}",
+            dir.display(),
+            left.pending,
+            left.dead
         ));
     }
     if interrupted.is_cancelled() {

@@ -594,3 +594,176 @@ fn receipts_reconcile_with_what_was_published() {
     assert_eq!(receipts[1]["error"]["kind"], "invalid_input");
     assert_eq!(receipts[2]["id"], published[1].id().to_string());
 }
+
+/// The spool's acceptance run: the broker is down for the first 60 s while 100,000 events are
+/// sent through `--spool`; the first evpub is killed with SIGKILL in the middle, and a second
+/// run (the application restarted) sends the lines the first had not confirmed, then waits for
+/// the spool to reach the broker once it is up. Every line's event is at the broker afterwards
+/// (read back with redis' own client), and every copy is one the first run spooled without
+/// writing its receipt before it was killed (so the restarted application sent it again).
+#[test]
+fn spool_rides_out_a_broker_down_for_a_minute_and_a_sigkill() {
+    let Some(mut server) = OwnRedis::start() else {
+        return;
+    };
+    server.kill();
+    let started = std::time::Instant::now();
+    const LINES: usize = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let topic = format!("evpub-spool-{}", publisher::Uuid::now_v7().simple());
+    let url = format!("{}?mode=stream", server.url());
+    let ids: Vec<String> = (0..LINES)
+        .map(|_| publisher::Uuid::now_v7().to_string())
+        .collect();
+    let line = |i: usize| {
+        format!(
+            "{{\"topic\":\"{topic}\",\"id\":\"{}\",\"key\":\"k{}\",\"payload\":{{\"n\":{i}}}}}\n",
+            ids[i],
+            i % 97
+        )
+    };
+    let first_input = dir.path().join("first.jsonl");
+    std::fs::write(&first_input, (0..LINES).map(line).collect::<String>()).unwrap();
+    let first_receipts = dir.path().join("first-receipts.jsonl");
+    let mut first = Command::new(env!("CARGO_BIN_EXE_evpub"))
+        .args(["--url", &url, "send", "--concurrency", "64", "--spool"])
+        .arg(&spool)
+        .arg("--receipts")
+        .arg(&first_receipts)
+        .arg(&first_input)
+        .env_remove("PUBLISHER_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once it has confirmed (spooled) a part.
+    let deadline = std::time::Instant::now() + Duration::from_secs(50);
+    loop {
+        let confirmed = std::fs::read_to_string(&first_receipts)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if confirmed >= LINES / 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never spooled a third ({confirmed})"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let killed_at = started.elapsed();
+    // What the first run said it spooled (its last receipts may not have been written).
+    let mut confirmed = std::collections::HashSet::new();
+    for r in std::fs::read_to_string(&first_receipts).unwrap().lines() {
+        let Ok(r) = serde_json::from_str::<serde_json::Value>(r) else {
+            continue; // the line the kill cut short
+        };
+        assert_eq!(r["ok"], true, "{r}");
+        assert!(r["position"]["spooled"].is_u64(), "{r}");
+        confirmed.insert(r["line"].as_u64().unwrap() as usize - 1);
+    }
+    // The restarted application sends what it has no confirmation for.
+    let second_input = dir.path().join("second.jsonl");
+    let rest: Vec<usize> = (0..LINES).filter(|i| !confirmed.contains(i)).collect();
+    std::fs::write(
+        &second_input,
+        rest.iter().map(|&i| line(i)).collect::<String>(),
+    )
+    .unwrap();
+    let second = Command::new(env!("CARGO_BIN_EXE_evpub"))
+        .args(["--url", &url, "send", "--concurrency", "64", "--spool"])
+        .arg(&spool)
+        .args(["--spool-wait", "180s"])
+        .arg(&second_input)
+        .env_remove("PUBLISHER_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The broker comes back 60 s after the start.
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(started.elapsed()));
+    server.spawn();
+    let up_at = started.elapsed();
+    let out = second.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("left 0 "), "{stderr}");
+
+    let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+        .arg(&topic)
+        .arg("-")
+        .arg("+")
+        .query(&mut server.conn())
+        .unwrap();
+    let mut held: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (_, fields) in &entries {
+        let id = fields
+            .chunks(2)
+            .find(|kv| kv[0] == b"id")
+            .map(|kv| text(&kv[1]))
+            .expect("an id field");
+        *held.entry(id).or_default() += 1;
+    }
+    let lost: Vec<usize> = (0..LINES)
+        .filter(|&i| !held.contains_key(&ids[i]))
+        .collect();
+    let duplicates: usize = held.values().map(|n| n - 1).sum();
+    // A copy is either an event the first run spooled without writing its receipt before the
+    // kill (the restarted application sent it again), or one the relay delivered and was
+    // killed before marking delivered (it is delivered again from the spool).
+    let copied = |i: &usize| held.get(&ids[*i]).is_some_and(|&n| n > 1);
+    let resent = (0..LINES)
+        .filter(|i| copied(i) && !confirmed.contains(i))
+        .count();
+    let redelivered = (0..LINES)
+        .filter(|i| copied(i) && confirmed.contains(i))
+        .count();
+    println!(
+        "spool acceptance: events {LINES}, broker down for the first {up_at:.1?}, first run \
+         killed (SIGKILL) at {killed_at:.1?} with {} confirmed, second run sent {}, held {} \
+         (distinct {}), lost {}, duplicates {duplicates} (sent again by the restarted run: \
+         {resent}, delivered again by the relay: {redelivered}); second run: {}",
+        confirmed.len(),
+        rest.len(),
+        entries.len(),
+        held.len(),
+        lost.len(),
+        stderr.lines().last().unwrap_or_default()
+    );
+    assert!(
+        lost.is_empty(),
+        "{} events lost, first {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    // Per key, the first copies in input order.
+    let mut last: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+    let index: std::collections::HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut out_of_order = 0;
+    for (_, fields) in &entries {
+        let id = fields
+            .chunks(2)
+            .find(|kv| kv[0] == b"id")
+            .map(|kv| text(&kv[1]))
+            .unwrap();
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let i = index[id.as_str()];
+        if let Some(&prev) = last.get(&(i % 97))
+            && prev > i
+        {
+            out_of_order += 1;
+        }
+        last.insert(i % 97, i);
+    }
+    println!("spool acceptance: out of order (per key, first copies) {out_of_order}");
+}

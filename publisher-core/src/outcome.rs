@@ -39,6 +39,12 @@ pub enum Position {
         /// Whether the stream took it as a duplicate.
         duplicate: bool,
     },
+    /// Durably in a local spool (`publisher-outbox`'s `Spool`) at this sequence: not yet
+    /// confirmed by the broker, which its relay delivers to later.
+    Spooled {
+        /// The event's sequence in the spool.
+        sequence: u64,
+    },
 }
 
 /// Proof that the broker confirmed one event.
