@@ -461,7 +461,14 @@ pub async fn run(publisher: Box<dyn Publisher>, endpoint: &str, args: SendArgs) 
     }
     if interrupted.is_cancelled() {
         130
-    } else if failed == 0 && skipped == 0 && !fatal && close.is_ok() && receipts_ok {
+    } else if failed == 0
+        && skipped == 0
+        && !fatal
+        && close.is_ok()
+        && receipts_ok
+        // An event the broker refused from the spool is a failure too.
+        && spool.as_ref().is_none_or(|s| s.relay_counts().dead == 0)
+    {
         0
     } else {
         1

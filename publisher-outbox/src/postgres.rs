@@ -28,6 +28,10 @@ struct Sql {
 
 impl Sql {
     fn new(t: &str) -> Self {
+        // Index names take no schema; the lock class keeps our advisory locks apart from the
+        // application's and from other outbox tables'.
+        let base = t.rsplit('.').next().unwrap_or(t);
+        let class = lock_class(t);
         Self {
             migration: format!(
                 "CREATE TABLE IF NOT EXISTS {t} (
@@ -42,41 +46,41 @@ impl Sql {
     dead_at      TIMESTAMPTZ,
     last_error   TEXT
 );
-CREATE INDEX IF NOT EXISTS {t}_pending ON {t} (seq) WHERE dead_at IS NULL;
-CREATE INDEX IF NOT EXISTS {t}_key ON {t} (key, seq) WHERE dead_at IS NULL AND key IS NOT NULL;"
+CREATE INDEX IF NOT EXISTS {base}_pending ON {t} (seq) WHERE dead_at IS NULL;
+CREATE INDEX IF NOT EXISTS {base}_key ON {t} (key, seq) WHERE dead_at IS NULL AND key IS NOT NULL;"
             ),
             insert: format!(
                 "INSERT INTO {t} (event_id, topic, key, envelope) VALUES ($1, $2, $3, $4)"
             ),
-            // The oldest available entries no other relay holds; of those, only the ones no
-            // earlier pending entry of the same key (held by another relay, or waiting for its
-            // retry) precedes.
+            // The oldest available entries no other relay holds, of keys free to go: no earlier
+            // pending entry of the key waits for its retry, and no other relay holds the key
+            // (a transaction-scoped advisory lock per key, taken here and released with the
+            // claim). Keys are filtered before the limit, so a key that waits never starves
+            // the others.
             claim: format!(
-                "WITH candidates AS (
-    SELECT seq, key FROM {t}
-    WHERE dead_at IS NULL AND available_at <= now()
-    ORDER BY seq
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-SELECT c.seq, e.attempts, e.envelope
-FROM candidates c JOIN {t} e ON e.seq = c.seq
-WHERE c.key IS NULL OR NOT EXISTS (
-    SELECT 1 FROM {t} p
-    WHERE p.key = c.key AND p.seq < c.seq AND p.dead_at IS NULL
-      AND p.seq NOT IN (SELECT seq FROM candidates)
-)
-ORDER BY c.seq"
+                "SELECT o.seq, o.attempts, o.envelope FROM {t} o
+WHERE o.dead_at IS NULL AND o.available_at <= clock_timestamp()
+  AND (o.key IS NULL OR (
+    NOT EXISTS (
+      SELECT 1 FROM {t} p
+      WHERE p.key = o.key AND p.seq < o.seq AND p.dead_at IS NULL
+        AND p.available_at > clock_timestamp()
+    )
+    AND pg_try_advisory_xact_lock({class}, hashtext(o.key))
+  ))
+ORDER BY o.seq
+LIMIT $1
+FOR UPDATE SKIP LOCKED"
             ),
             delete: format!("DELETE FROM {t} WHERE seq = ANY($1)"),
             retry: format!(
                 "UPDATE {t} SET attempts = attempts + 1,
-    available_at = now() + make_interval(secs => u.secs), last_error = u.error
+    available_at = clock_timestamp() + make_interval(secs => u.secs), last_error = u.error
 FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS u(seq, secs, error)
 WHERE {t}.seq = u.seq"
             ),
             dead: format!(
-                "UPDATE {t} SET attempts = attempts + 1, dead_at = now(), last_error = u.error
+                "UPDATE {t} SET attempts = attempts + 1, dead_at = clock_timestamp(), last_error = u.error
 FROM unnest($1::bigint[], $2::text[]) AS u(seq, error)
 WHERE {t}.seq = u.seq"
             ),
@@ -101,9 +105,12 @@ FROM {t}"
 ///   while the relay publishes them and commits their outcomes: a relay that dies releases its
 ///   entries (its transaction rolls back) for the others. What the broker confirmed before such
 ///   a death is published again (see the crate docs: the one source of duplicates).
-/// - An entry is handed out only when no earlier pending entry of its key precedes it outside
-///   the claim, so one key's events reach the broker in the order their transactions were
-///   numbered, however many relays run.
+/// - A key's entries are handed out only to one relay at a time (an advisory lock per key,
+///   held by the claim) and only when no earlier entry of the key waits for its retry, so one
+///   key's events reach the broker in the order of their sequence numbers among the entries
+///   committed when the relay claims, however many relays run: transactions of one key that
+///   commit one after the other are published in that order (two that overlap have no order
+///   of their own).
 /// - Delivered entries are deleted; dead-lettered ones stay, with `dead_at` and `last_error`.
 ///
 /// # Schema
@@ -191,6 +198,21 @@ impl PgOutbox {
     /// transaction is then the caller's to roll back).
     pub async fn enqueue(&self, tx: &mut Transaction<'_, Postgres>, event: &Event) -> Result<()> {
         event.validate(NAME)?;
+        // PostgreSQL text cannot hold NUL: say so by field rather than fail the transaction.
+        if event.topic().contains('\0') {
+            return Err(Error::invalid_event(
+                NAME,
+                "topic",
+                "topic must not contain NUL",
+            ));
+        }
+        if event.key().is_some_and(|k| k.contains('\0')) {
+            return Err(Error::invalid_event(
+                NAME,
+                "key",
+                "key must not contain NUL",
+            ));
+        }
         let mut stored = Vec::with_capacity(event.payload().len() + 256);
         envelope::encode(event, &mut stored);
         sqlx::query(&self.sql.insert)
@@ -228,7 +250,7 @@ impl Source for PgOutbox {
         for (seq, s) in settled {
             match s {
                 Settled::Delivered => delivered.push(seq),
-                Settled::Retry { after, error } => retry.push((seq, after, error)),
+                Settled::Retry { after, error, .. } => retry.push((seq, after, error)),
                 Settled::Dead { error } => dead.push((seq, error)),
             }
         }
@@ -308,10 +330,32 @@ fn db_error(what: &str, e: sqlx::Error) -> Error {
     let kind = match &e {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => ErrorKind::Connect,
+        sqlx::Error::PoolClosed => ErrorKind::Closed,
+        // Connection exceptions (08), serialization failures and deadlocks (40), too many
+        // connections or out of resources (53), an administrator's shutdown (57P0x): the same
+        // statement may succeed later.
+        sqlx::Error::Database(d)
+            if d.code().is_some_and(|c| {
+                c.starts_with("08")
+                    || c.starts_with("40")
+                    || c.starts_with("53")
+                    || c.starts_with("57P0")
+            }) =>
+        {
+            ErrorKind::Unavailable
+        }
         _ => ErrorKind::Other,
     };
     Error::new(kind, NAME, format!("outbox database: {what} failed")).with_source(e)
+}
+
+/// The advisory lock class of table `t`: a stable 31-bit hash of its name (FNV-1a), so that
+/// the outbox's per-key locks do not meet another table's or the application's own.
+fn lock_class(t: &str) -> i32 {
+    let hash = t.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    i32::try_from(hash >> 1).unwrap_or(0)
 }

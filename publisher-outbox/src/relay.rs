@@ -16,8 +16,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::NAME;
 
-/// One durable entry a [`Source`] hands the relay.
-#[derive(Debug)]
+/// One durable entry a [`Source`] hands the relay. Its `Debug` shows the event's id and
+/// topic, never its payload or headers.
 pub struct Entry {
     /// The entry's place in the source's order; unique within the source.
     pub seq: i64,
@@ -25,6 +25,18 @@ pub struct Entry {
     pub attempts: u32,
     /// The event, or why the stored entry could not be read back (it is then dead-lettered).
     pub event: Result<Event>,
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Entry");
+        d.field("seq", &self.seq).field("attempts", &self.attempts);
+        match &self.event {
+            Ok(e) => d.field("id", &e.id()).field("topic", &e.topic()),
+            Err(e) => d.field("unreadable", &e.kind()),
+        };
+        d.finish()
+    }
 }
 
 /// What became of an entry the relay tried.
@@ -37,6 +49,8 @@ pub enum Settled {
     Retry {
         /// The wait before the next try.
         after: Duration,
+        /// The error's kind.
+        kind: ErrorKind,
         /// The error's kind and message (never the payload).
         error: String,
     },
@@ -99,7 +113,7 @@ pub struct RelayConfig {
     pub idle_poll: Duration,
     /// First retry delay of an entry, doubled per attempt (with jitter). Default 100 ms.
     pub min_backoff: Duration,
-    /// Longest retry delay. Default 30 s.
+    /// Longest retry delay (jitter included). Default 30 s.
     pub max_backoff: Duration,
     /// How long `close` lets the round in progress finish before cutting it off (its entries
     /// are then delivered by the next relay to run). Default 10 s.
@@ -120,7 +134,7 @@ impl Default for RelayConfig {
 }
 
 impl RelayConfig {
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let field =
             |name: &'static str, why: &str| Err(Error::config(NAME, name, format!("{name} {why}")));
         if self.batch == 0 {
@@ -154,6 +168,7 @@ impl RelayConfig {
             .build()
             .nth(attempts.min(64) as usize)
             .unwrap_or(self.max_backoff)
+            .min(self.max_backoff)
     }
 }
 
@@ -213,8 +228,8 @@ struct Shared<S> {
 ///   entry keeps its event id, so a broker that drops duplicates by id drops the copy: see the
 ///   crate docs for what a consumer may see twice per backend). A key's later entries wait
 ///   for it.
-/// - A refusal for good (`Rejected`, `InvalidEvent`, an unreadable entry) dead-letters the
-///   entry: it stays in the store, counted in [`Backlog::dead`], and its key moves on.
+/// - A refusal of the event itself (`Rejected`, `InvalidEvent`, an unreadable entry)
+///   dead-letters the entry; every other error is retried: it stays in the store, counted in [`Backlog::dead`], and its key moves on.
 /// - The store being down is waited out with the same growing delay; nothing is lost.
 /// - `close` stops claiming, lets the round in progress finish within `close_timeout`, cuts
 ///   it off after that (its entries stay in the store), and reports what is left; it is
@@ -328,6 +343,17 @@ impl<S: Source> Relay<S> {
     pub fn is_closed(&self) -> bool {
         self.stop.is_cancelled()
     }
+
+    /// Whether the relay's task is still running (it stops on close, on drop, and when its
+    /// publisher turns out closed).
+    pub fn is_running(&self) -> bool {
+        !self.tracker.is_empty()
+    }
+
+    /// Waits until the relay's task has stopped (see [`Relay::is_running`]).
+    pub async fn stopped(&self) {
+        self.tracker.wait().await;
+    }
 }
 
 impl<S: Source> Drop for Relay<S> {
@@ -358,7 +384,7 @@ async fn run<S: Source>(
     cut: CancellationToken,
     cut_off: Arc<AtomicBool>,
 ) {
-    // Rounds in a row that failed as a whole (the store down) or made no progress.
+    // Rounds in a row that failed as a whole (the store down).
     let mut failures: u32 = 0;
     while !stop.is_cancelled() {
         let round = tokio::select! {
@@ -385,9 +411,11 @@ async fn run<S: Source>(
                 failures = 0;
                 continue;
             }
+            // Every entry tried waits for its own retry now, so the next claim hands out
+            // others (or nothing): no need to hold the other keys back.
             Ok(_) => {
-                failures = failures.saturating_add(1);
-                shared.config.backoff(failures - 1)
+                failures = 0;
+                shared.config.idle_poll
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -485,7 +513,9 @@ impl<S: Source> Shared<S> {
             match self.publisher.publish(event).await {
                 Ok(_) => settled.push((entry.seq, Settled::Delivered)),
                 Err(e) if e.kind() == ErrorKind::Closed => return (settled, true),
-                Err(e) if e.is_retryable() => {
+                Err(e) if !matches!(e.kind(), ErrorKind::Rejected | ErrorKind::InvalidEvent) => {
+                    // Retryable, or not known to be refused for good (`Other`, `Config`): an
+                    // entry is dead-lettered only on a refusal of the event itself.
                     self.counts.retries.fetch_add(1, Ordering::Relaxed);
                     let after = self.config.backoff(entry.attempts);
                     tracing::debug!(relay = NAME, seq = entry.seq, error = %e, ?after, "retrying later");
@@ -493,6 +523,7 @@ impl<S: Source> Shared<S> {
                         entry.seq,
                         Settled::Retry {
                             after,
+                            kind: e.kind(),
                             error: describe(&e),
                         },
                     ));
@@ -547,12 +578,12 @@ mod tests {
             max_backoff: Duration::from_secs(2),
             ..RelayConfig::default()
         };
-        // Jitter adds up to the delay itself.
+        // Jitter adds up to the delay itself; never past max_backoff.
         assert!(c.backoff(0) >= Duration::from_millis(100));
         assert!(c.backoff(0) <= Duration::from_millis(200));
         assert!(c.backoff(3) >= Duration::from_millis(800));
         for attempts in [10, 63, 64, u32::MAX] {
-            assert!(c.backoff(attempts) <= Duration::from_secs(4), "{attempts}");
+            assert!(c.backoff(attempts) <= Duration::from_secs(2), "{attempts}");
         }
     }
 }

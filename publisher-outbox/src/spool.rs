@@ -98,6 +98,28 @@ impl SpoolConfig {
         if self.close_timeout.is_zero() {
             return field("close_timeout", "close_timeout must be above zero");
         }
+        // Close delivers, then cuts the relay's round (its close_timeout, plus up to 1 s for the
+        // cut round to stop), then closes the wrapped publisher: all within close_timeout.
+        if self.relay.close_timeout + Duration::from_millis(1500) > self.close_timeout {
+            return field(
+                "relay.close_timeout",
+                "relay.close_timeout must be at least 1.5 s below close_timeout",
+            );
+        }
+        self.relay.validate().map_err(|e| {
+            Error::config(
+                SPOOL,
+                match e.field() {
+                    Some("batch") => "relay.batch",
+                    Some("concurrency") => "relay.concurrency",
+                    Some("idle_poll") => "relay.idle_poll",
+                    Some("min_backoff") => "relay.min_backoff",
+                    Some("max_backoff") => "relay.max_backoff",
+                    _ => "relay",
+                },
+                e.message().to_owned(),
+            )
+        })?;
         Ok(())
     }
 }
@@ -110,6 +132,8 @@ struct Meta {
     spooled_at_ms: u64,
     attempts: u32,
     available_at: Option<Instant>,
+    /// The last try failed because the broker was unreachable.
+    unreachable: bool,
 }
 
 #[derive(Debug, Default)]
@@ -211,6 +235,7 @@ fn writer(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Write>, mut next: u
                                 ),
                                 attempts: 0,
                                 available_at: None,
+                                unreachable: false,
                             },
                         );
                         seqs.push(seq);
@@ -252,78 +277,90 @@ impl fmt::Debug for SpoolSource {
 }
 
 impl SpoolSource {
+    /// Removes delivered and dead entries from disk (dead ones move to the dead table).
+    fn forget(&self, gone: &[(u64, Option<&str>)]) -> Result<()> {
+        let what = "recording deliveries in the spool";
+        self.forget_inner(gone)
+            .map_err(|e| store_error(ErrorKind::Unavailable, what, *e))
+    }
+
+    fn forget_inner(
+        &self,
+        gone: &[(u64, Option<&str>)],
+    ) -> std::result::Result<(), Box<redb::Error>> {
+        let tx = self.0.db.begin_write().map_err(|e| Box::new(e.into()))?;
+        {
+            let boxed = |e: redb::TableError| Box::new(redb::Error::from(e));
+            let stored = |e: redb::StorageError| Box::new(redb::Error::from(e));
+            let mut pending = tx.open_table(PENDING).map_err(boxed)?;
+            let mut dead = tx.open_table(DEAD).map_err(boxed)?;
+            let mut errors = tx.open_table(DEAD_ERRORS).map_err(boxed)?;
+            for (seq, error) in gone {
+                let removed = pending
+                    .remove(*seq)
+                    .map_err(stored)?
+                    .map(|v| v.value().to_vec());
+                if let (Some(error), Some(value)) = (error, removed) {
+                    dead.insert(*seq, value.as_slice()).map_err(stored)?;
+                    errors.insert(*seq, *error).map_err(stored)?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| Box::new(e.into()))?;
+        Ok(())
+    }
+
     fn settle_sync(&self, settled: Vec<(i64, Settled)>) -> Result<()> {
         let store = &self.0;
-        let gone: Vec<(u64, Option<String>)> = settled
+        let gone: Vec<(u64, Option<&str>)> = settled
             .iter()
             .filter_map(|(seq, s)| match s {
                 Settled::Delivered => Some((*seq as u64, None)),
-                Settled::Dead { error } => Some((*seq as u64, Some(error.clone()))),
+                Settled::Dead { error } => Some((*seq as u64, Some(error.as_str()))),
                 Settled::Retry { .. } => None,
             })
             .collect();
-        if !gone.is_empty() {
-            let what = "recording deliveries in the spool";
-            let tx = store
-                .db
-                .begin_write()
-                .map_err(|e| store_error(ErrorKind::Unavailable, what, e))?;
-            {
-                let mut pending = tx
-                    .open_table(PENDING)
-                    .map_err(|e| store_error(ErrorKind::Unavailable, what, e))?;
-                let mut dead = tx
-                    .open_table(DEAD)
-                    .map_err(|e| store_error(ErrorKind::Unavailable, what, e))?;
-                let mut errors = tx
-                    .open_table(DEAD_ERRORS)
-                    .map_err(|e| store_error(ErrorKind::Unavailable, what, e))?;
-                for (seq, error) in &gone {
-                    let removed = pending
-                        .remove(*seq)
-                        .map_err(|e| store_error(ErrorKind::Unavailable, what, e))?;
-                    if let (Some(error), Some(value)) = (error, removed) {
-                        let value = value.value().to_vec();
-                        dead.insert(*seq, value.as_slice())
-                            .map_err(|e| store_error(ErrorKind::Unavailable, what, e))?;
-                        errors
-                            .insert(*seq, error.as_str())
-                            .map_err(|e| store_error(ErrorKind::Unavailable, what, e))?;
-                    }
-                }
-            }
-            tx.commit()
-                .map_err(|e| store_error(ErrorKind::Unavailable, what, e))?;
-        }
+        // Whether the disk took it or not, what the broker confirmed is not published again
+        // in this run (a failed write leaves it on disk: the next start delivers it once more).
+        let written = if gone.is_empty() {
+            Ok(())
+        } else {
+            self.forget(&gone)
+        };
         let now = Instant::now();
         let mut state = store.state();
-        // The broker confirmed something: it is back, so what waits for a retry goes next
-        // round instead of sitting out a backoff grown while it was down.
+        // The broker answered again after being unreachable: entries that wait because it was
+        // unreachable go next round instead of sitting out a backoff grown meanwhile.
         if settled.iter().any(|(_, s)| *s == Settled::Delivered) {
             for meta in state.pending.values_mut() {
-                meta.available_at = None;
+                if meta.unreachable {
+                    meta.available_at = None;
+                    meta.unreachable = false;
+                }
             }
         }
-        for (seq, s) in settled {
-            let seq = seq as u64;
+        for (seq, s) in &settled {
+            let seq = *seq as u64;
             match s {
-                Settled::Retry { after, .. } => {
+                Settled::Retry { after, kind, .. } => {
                     if let Some(meta) = state.pending.get_mut(&seq) {
                         meta.attempts = meta.attempts.saturating_add(1);
-                        meta.available_at = Some(now + after);
+                        meta.available_at = Some(now + *after);
+                        meta.unreachable =
+                            matches!(kind, ErrorKind::Connect | ErrorKind::Unavailable);
                     }
                 }
                 Settled::Delivered | Settled::Dead { .. } => {
                     if let Some(meta) = state.pending.remove(&seq) {
                         store.release(meta.bytes);
-                    }
-                    if matches!(s, Settled::Dead { .. }) {
-                        state.dead += 1;
+                        if matches!(s, Settled::Dead { .. }) {
+                            state.dead += 1;
+                        }
                     }
                 }
             }
         }
-        Ok(())
+        written
     }
 
     fn claim_sync(&self, max: usize) -> Result<Vec<Entry>> {
@@ -366,6 +403,11 @@ impl SpoolSource {
                 .get(seq)
                 .map_err(|e| store_error(ErrorKind::Unavailable, what, e))?
             else {
+                // Not on disk (cannot happen while the writer and the relay are the only
+                // writers): forget it rather than wait for it forever.
+                if let Some(meta) = store.state().pending.remove(&seq) {
+                    store.release(meta.bytes);
+                }
                 continue;
             };
             let bytes = value.value();
@@ -444,6 +486,7 @@ pub struct Spool {
     store: Arc<Store>,
     lifecycle: Lifecycle,
     writer: Arc<Mutex<Option<mpsc::UnboundedSender<Write>>>>,
+    writer_thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     relay: Arc<Relay<SpoolSource>>,
     publisher: Arc<dyn Publisher>,
     config: SpoolConfig,
@@ -488,7 +531,7 @@ impl Spool {
         let store = Arc::new(store);
         let (tx, rx) = mpsc::unbounded_channel();
         let for_writer = store.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("publisher-spool-writer".into())
             .spawn(move || writer(for_writer, rx, next))
             .map_err(|e| {
@@ -504,6 +547,7 @@ impl Spool {
             store,
             lifecycle: Lifecycle::new(SPOOL, config.close_timeout),
             writer: Arc::new(Mutex::new(Some(tx))),
+            writer_thread: Arc::new(Mutex::new(Some(thread))),
             relay: Arc::new(relay),
             publisher,
             config,
@@ -572,21 +616,32 @@ impl Spool {
             })
     }
 
-    /// Spools `events` (already checked) in one group commit; one sequence per event.
-    async fn write(&self, events: &[&Event]) -> Result<Vec<u64>> {
-        let spooled_at = now_ms().to_le_bytes();
-        let mut items = Vec::with_capacity(events.len());
-        let mut bytes = 0;
-        for event in events {
-            let mut value = Vec::with_capacity(event.payload().len() + 256);
-            value.extend_from_slice(&spooled_at);
-            envelope::encode(event, &mut value);
-            bytes += value.len() as u64;
-            items.push(Item {
-                key: event.key().map(Into::into),
-                value,
-            });
+    /// Checks `event` and encodes it as a spool entry.
+    fn entry(&self, event: &Event) -> Result<Item> {
+        event.validate(SPOOL)?;
+        let mut value = Vec::with_capacity(event.payload().len() + 256);
+        value.extend_from_slice(&now_ms().to_le_bytes());
+        envelope::encode(event, &mut value);
+        if value.len() as u64 > self.store.max_bytes {
+            return Err(Error::invalid_event(
+                SPOOL,
+                "payload",
+                format!(
+                    "the event takes {} bytes, more than the whole spool (max_bytes {})",
+                    value.len(),
+                    self.store.max_bytes
+                ),
+            ));
         }
+        Ok(Item {
+            key: event.key().map(Into::into),
+            value,
+        })
+    }
+
+    /// Spools `items` in one group commit; one sequence per item.
+    async fn write(&self, items: Vec<Item>) -> Result<Vec<u64>> {
+        let bytes = items.iter().map(|i| i.value.len() as u64).sum();
         self.reserve(bytes)?;
         let (reply, answer) = oneshot::channel();
         let sent = self
@@ -595,9 +650,20 @@ impl Spool {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|w| w.send(Write { items, reply }).is_ok());
-        if sent != Some(true) {
-            self.store.release(bytes);
-            return Err(Error::closed(SPOOL));
+        match sent {
+            Some(true) => {}
+            None => {
+                self.store.release(bytes);
+                return Err(Error::closed(SPOOL));
+            }
+            Some(false) => {
+                self.store.release(bytes);
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    SPOOL,
+                    "the spool writer has stopped (see the logs): reopen the spool",
+                ));
+            }
         }
         answer.await.unwrap_or_else(|_| {
             Err(Error::outcome_unknown(
@@ -656,6 +722,7 @@ fn open_store(dir: &Path, max_bytes: u64) -> Result<(Store, u64)> {
                     spooled_at_ms,
                     attempts: 0,
                     available_at: None,
+                    unreachable: false,
                 },
             );
             next = next.max(seq + 1);
@@ -705,30 +772,31 @@ impl Publisher for Spool {
         let sequence = self
             .lifecycle
             .run(self.config.publish_timeout, "spool write", async {
-                event.validate(SPOOL)?;
-                Ok(self.write(&[&event]).await?[0])
+                let item = self.entry(&event)?;
+                self.write(vec![item])
+                    .await?
+                    .first()
+                    .copied()
+                    .ok_or_else(|| {
+                        Error::outcome_unknown(SPOOL, "the spool writer returned no sequence")
+                    })
             })
             .await?;
         Ok(Receipt::from_event(event, Position::Spooled { sequence }))
     }
 
     async fn publish_batch(&self, events: Vec<Event>) -> BatchOutcome {
-        let checks: Vec<Result<()>> = events.iter().map(|e| e.validate(SPOOL)).collect();
-        let good: Vec<&Event> = events
+        let mut good = Vec::with_capacity(events.len());
+        let checks: Vec<Result<()>> = events
             .iter()
-            .zip(&checks)
-            .filter(|(_, c)| c.is_ok())
-            .map(|(e, _)| e)
+            .map(|e| self.entry(e).map(|item| good.push(item)))
             .collect();
         let written: Result<Vec<u64>> = if good.is_empty() {
-            Ok(Vec::new())
+            // Still refused once closed, like any publish.
+            self.lifecycle.enter().map(|_| Vec::new())
         } else {
             self.lifecycle
-                .run(
-                    self.config.publish_timeout,
-                    "spool write",
-                    self.write(&good),
-                )
+                .run(self.config.publish_timeout, "spool write", self.write(good))
                 .await
         };
         let mut sequences = match &written {
@@ -742,12 +810,15 @@ impl Publisher for Spool {
                 .map(|(event, check)| {
                     check?;
                     match &written {
-                        Ok(_) => Ok(Receipt::from_event(
-                            event,
-                            Position::Spooled {
-                                sequence: sequences.next().unwrap_or_default(),
-                            },
-                        )),
+                        Ok(_) => match sequences.next() {
+                            Some(sequence) => {
+                                Ok(Receipt::from_event(event, Position::Spooled { sequence }))
+                            }
+                            None => Err(Error::outcome_unknown(
+                                SPOOL,
+                                "the spool writer returned no sequence for this event",
+                            )),
+                        },
                         Err(e) => Err(e.clone()),
                     }
                 })
@@ -772,14 +843,30 @@ impl Publisher for Spool {
     async fn close(&self) -> Result<CloseReport> {
         let store = self.store.clone();
         let writer = self.writer.clone();
+        let writer_thread = self.writer_thread.clone();
         let relay = self.relay.clone();
         let publisher = self.publisher.clone();
         let report = self.report.clone();
         let cut_off = self.config.relay.close_timeout;
         self.lifecycle
             .close(move |teardown| async move {
-                // Spool writes in flight are done: stop the writer.
+                // Spool writes in flight are done: stop the writer and wait for it (its last
+                // group commit), bounded.
                 writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let thread = writer_thread
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                if let Some(thread) = thread {
+                    let joined = tokio::time::timeout_at(
+                        teardown.deadline,
+                        tokio::task::spawn_blocking(move || thread.join()),
+                    )
+                    .await;
+                    if !matches!(joined, Ok(Ok(Ok(())))) {
+                        tracing::warn!(spool = SPOOL, "the spool writer did not stop in time");
+                    }
+                }
                 // Deliver what is spooled while the deadline allows, less the relay's cut-off.
                 let until = teardown
                     .deadline
@@ -805,7 +892,14 @@ impl Publisher for Spool {
                 )
                 .await;
                 match closed {
-                    Ok(Ok(_)) | Err(_) => Ok(0),
+                    Ok(Ok(_)) => Ok(0),
+                    Err(_) => {
+                        tracing::warn!(
+                            spool = SPOOL,
+                            "the wrapped publisher did not close within the spool's close timeout"
+                        );
+                        Ok(0)
+                    }
                     Ok(Err(e)) => Err(e),
                 }
             })

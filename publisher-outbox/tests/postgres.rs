@@ -559,3 +559,91 @@ async fn bad_input_gets_typed_errors_naming_the_field() {
     assert_eq!(table.outbox.backlog().await.unwrap().pending, 0);
     table.drop_table().await;
 }
+
+/// A key whose first entry waits for its retry holds back only its own key: entries of other
+/// keys behind a batch's worth of it are still delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_key_does_not_starve_the_others() {
+    let Some(db) = database() else { return };
+    let table = Table::new(&db).await;
+    let topic = unique_name("outbox-starve");
+    let a: Vec<Event> = (0..10)
+        .map(|i| Event::text(&topic, format!("a{i}")).with_key("a"))
+        .collect();
+    let b: Vec<Event> = (0..5)
+        .map(|i| Event::text(&topic, format!("b{i}")).with_key("b"))
+        .collect();
+    for e in a.iter().chain(&b) {
+        table.write(e, true).await;
+    }
+    let memory = Arc::new(MemoryPublisher::builder().build().unwrap());
+    // a0's first try fails; its retry comes only after a long wait.
+    memory.get_ref().fail_next(1, ErrorKind::Unavailable);
+    let publisher: Arc<dyn Publisher> = memory.clone();
+    let relay = Relay::start(
+        table.outbox.clone(),
+        publisher.clone(),
+        RelayConfig {
+            batch: 4,
+            min_backoff: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(30),
+            ..fast()
+        },
+    )
+    .unwrap();
+    until("key b delivered", Duration::from_secs(10), async || {
+        memory.get_ref().store().events_for(&topic).len() == 5
+    })
+    .await;
+    let stored = memory.get_ref().store().events_for(&topic);
+    let ids: Vec<Uuid> = stored.iter().map(Event::id).collect();
+    assert_eq!(
+        ids,
+        b.iter().map(Event::id).collect::<Vec<_>>(),
+        "only b, in order"
+    );
+    assert_eq!(relay.backlog().await.unwrap().pending, 10, "a waits, whole");
+    relay.close().await;
+    publisher.close().await.unwrap();
+    table.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_qualified_table_and_nul_bytes() {
+    let Some(db) = database() else { return };
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&db)
+        .await
+        .unwrap();
+    let schema = format!("outbox_schema_{}", Uuid::now_v7().simple());
+    publisher_outbox::sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let outbox = PgOutbox::new(pool.clone())
+        .with_table(&format!("{schema}.events"))
+        .unwrap();
+    outbox.migrate().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    outbox
+        .enqueue(&mut tx, &Event::text("t", "x").with_key("k"))
+        .await
+        .unwrap();
+    let e = outbox
+        .enqueue(&mut tx, &Event::text("t", "x").with_key("k\0"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ErrorKind::InvalidEvent, Some("key"))
+    );
+    // The refusal left the transaction usable.
+    tx.commit().await.unwrap();
+    assert_eq!(outbox.backlog().await.unwrap().pending, 1);
+    publisher_outbox::sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}

@@ -211,3 +211,41 @@ async fn bad_config_names_the_field() {
         assert_eq!((e.kind(), e.field()), (ErrorKind::Config, Some(field)));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_larger_than_the_spool_is_invalid_alone_and_close_is_concurrent_safe() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.max_bytes = 2_000;
+    let memory = memory();
+    let spool = with_spool(memory.clone(), c.clone()).await.unwrap();
+    let huge = Event::text("t", "x".repeat(5_000));
+    let e = spool.publish(huge.clone()).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ErrorKind::InvalidEvent, Some("payload"))
+    );
+    assert!(!e.is_retryable());
+    // In a batch, only the huge one fails.
+    let results = spool
+        .publish_batch(vec![Event::text("t", "small"), huge])
+        .await
+        .into_results();
+    assert!(results[0].is_ok());
+    assert_eq!(
+        results[1].as_ref().unwrap_err().kind(),
+        ErrorKind::InvalidEvent
+    );
+    assert_eq!(
+        spool.wait_delivered(Duration::from_secs(10)).await.pending,
+        0
+    );
+    let (a, b) = tokio::join!(spool.close(), spool.close());
+    assert_eq!(a.unwrap(), b.unwrap());
+    assert_eq!(memory.get_ref().store().events_for("t").len(), 1);
+    drop(spool);
+    // The same process may open it again at once.
+    let again = with_spool(memory.clone(), c).await.unwrap();
+    assert_eq!(again.backlog().pending, 0);
+    again.close().await.unwrap();
+}

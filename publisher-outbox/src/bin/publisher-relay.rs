@@ -81,11 +81,13 @@ async fn run(cli: Cli) -> Result<(), String> {
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let stopped_early = tokio::select! {
+        _ = tokio::signal::ctrl_c() => false,
+        _ = term.recv() => false,
+        () = relay.stopped() => true,
+    };
     let report = relay.close().await;
+    relay.source().pool().close().await;
     let closed = publisher.close().await;
     let left = report.left.map_or_else(
         || "unknown (the database did not answer)".to_owned(),
@@ -102,5 +104,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             ""
         }
     );
+    if stopped_early {
+        return Err("the relay stopped by itself (its publisher was closed)".to_owned());
+    }
     closed.map(|_| ()).map_err(|e| e.to_string())
 }
