@@ -354,7 +354,15 @@ impl RawNats {
         let client = async_nats::connect(url.trim_start_matches("nats://"))
             .await
             .map_err(err)?;
-        Ok(Self(async_nats::jetstream::new(client)))
+        // The same room for PubAcks in flight as ours (publisher-nats's max_ack_inflight
+        // default): async-nats's own default of 5,000 makes a batch of 10,000 that sends
+        // everything before awaiting wait forever for a permit.
+        Ok(Self(
+            async_nats::jetstream::ContextBuilder::new()
+                .max_ack_inflight(10_000)
+                .backpressure_on_inflight(true)
+                .build(client),
+        ))
     }
 
     fn headers() -> async_nats::HeaderMap {

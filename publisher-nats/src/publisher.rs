@@ -151,6 +151,19 @@ impl NatsBackend {
             .map_err(not_sent)
     }
 
+    /// Awaits the PubAcks of `pending` together, recording each event's result.
+    async fn await_acks(
+        &self,
+        events: &[Event],
+        results: &BatchResults,
+        pending: Vec<(usize, async_nats::jetstream::context::PublishAckFuture)>,
+    ) {
+        let acks = pending.into_iter().map(|(i, ack)| async move {
+            results.set(i, self.acked(ack, events[i].topic()).await);
+        });
+        futures::future::join_all(acks).await;
+    }
+
     async fn acked(
         &self,
         ack: async_nats::jetstream::context::PublishAckFuture,
@@ -186,18 +199,22 @@ impl Backend for NatsBackend {
     }
 
     async fn publish_batch(&self, events: &[Event], results: &BatchResults) -> Result<()> {
-        let mut pending = Vec::with_capacity(events.len());
-        // Sent in order, one after the other, then every PubAck awaited at once.
+        // Sent in order, one after the other, then the PubAcks awaited together; at most
+        // `max_ack_inflight` at a time, since each holds one of the client's permits until its
+        // PubAck is read (sending more before awaiting would wait for a permit forever).
+        let room = self.config.max_ack_inflight.max(1);
+        let mut pending = Vec::with_capacity(events.len().min(room));
         for (i, event) in results.pending(events) {
             match self.send(&event).await {
                 Ok(ack) => pending.push((i, ack)),
                 Err(e) => results.set(i, Err(e)),
             }
+            if pending.len() == room {
+                self.await_acks(events, results, std::mem::take(&mut pending))
+                    .await;
+            }
         }
-        let acks = pending.into_iter().map(|(i, ack)| async move {
-            results.set(i, self.acked(ack, events[i].topic()).await);
-        });
-        futures::future::join_all(acks).await;
+        self.await_acks(events, results, pending).await;
         Ok(())
     }
 

@@ -168,3 +168,40 @@ impl Drop for AuthServer {
         let _ = self.child.wait();
     }
 }
+
+/// A batch larger than `max_ack_inflight` (the client's permits for PubAcks in flight) is sent
+/// in rounds that fit: every event confirmed and stored, none waiting forever for a permit.
+#[tokio::test]
+async fn a_batch_larger_than_max_ack_inflight_goes_through() {
+    if support::missing() {
+        return;
+    }
+    let url = support::nats_url();
+    let js = connect(&url).await.unwrap();
+    let subject = unique_name("publisher-test.inflight");
+    create_stream(&js, &subject).await.unwrap();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let publisher = NatsPublisher::from_url(&format!("{url}{separator}max_ack_inflight=4"))
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..25)
+        .map(|i| Event::text(subject.clone(), format!("{i}")))
+        .collect();
+    let results = tokio::time::timeout(
+        Duration::from_secs(20),
+        publisher.publish_batch(events.clone()),
+    )
+    .await
+    .expect("the batch finished")
+    .into_results();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let held: Vec<_> = read_stream(&js, &subject)
+        .await
+        .unwrap()
+        .iter()
+        .map(Event::id)
+        .collect();
+    assert_eq!(held, events.iter().map(Event::id).collect::<Vec<_>>());
+    publisher.close().await.unwrap();
+    let _ = js.delete_stream(stream_name(&subject)).await;
+}
