@@ -192,10 +192,14 @@ impl RabbitNode {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
         loop {
-            if publisher_amqp::testing::QueueClient::connect(&self.url())
-                .await
-                .is_ok()
-            {
+            // Each attempt bounded: a connection the node accepts while it is still booting
+            // can go unanswered, and lapin's handshake would wait for it forever.
+            let url = self.url();
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(5),
+                publisher_amqp::testing::QueueClient::connect(&url),
+            );
+            if matches!(attempt.await, Ok(Ok(_))) {
                 return;
             }
             assert!(
