@@ -158,6 +158,17 @@ impl Store {
     fn release(&self, bytes: u64) {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
     }
+
+    /// Pending entries, the oldest's age (the first by sequence), dead entries.
+    fn backlog(&self) -> Backlog {
+        let state = self.state();
+        let oldest = state.pending.values().next().map(|m| m.spooled_at_ms);
+        Backlog {
+            pending: state.pending.len() as u64,
+            oldest_age: oldest.map(|ms| Duration::from_millis(now_ms().saturating_sub(ms))),
+            dead: state.dead,
+        }
+    }
 }
 
 fn store_error(kind: ErrorKind, what: &str, e: impl Into<redb::Error>) -> Error {
@@ -449,13 +460,7 @@ impl Source for SpoolSource {
     }
 
     async fn backlog(&self) -> Result<Backlog> {
-        let state = self.0.state();
-        let oldest = state.pending.values().next().map(|m| m.spooled_at_ms);
-        Ok(Backlog {
-            pending: state.pending.len() as u64,
-            oldest_age: oldest.map(|ms| Duration::from_millis(now_ms().saturating_sub(ms))),
-            dead: state.dead,
-        })
+        Ok(self.0.backlog())
     }
 }
 
@@ -557,13 +562,7 @@ impl Spool {
 
     /// What is spooled and not yet delivered, the oldest's age, and what was dead-lettered.
     pub fn backlog(&self) -> Backlog {
-        let state = self.store.state();
-        let oldest = state.pending.values().next().map(|m| m.spooled_at_ms);
-        Backlog {
-            pending: state.pending.len() as u64,
-            oldest_age: oldest.map(|ms| Duration::from_millis(now_ms().saturating_sub(ms))),
-            dead: state.dead,
-        }
+        self.store.backlog()
     }
 
     /// Bytes of events spooled and not yet delivered.
