@@ -19,6 +19,13 @@
 //! exchange). A publish whose id was returned is `Returned`, whoever received the message.
 //! Under load an unreturned mandatory publish is decided about one round trip after its ack.
 //!
+//! An ack that completed carrying no returned message, read when no other confirm of the
+//! channel is unread (none pending, none on its way to the task: see `Task::alone`), is its own
+//! proof and is decided at once: lapin's queue of returns was empty when the ack came, so the
+//! message's return, had there been one, arrived earlier and was handed to a confirm completed
+//! earlier, which the task has read. This is the common case of a publisher with one publish in
+//! flight at a time, which thus takes one round trip, not two.
+//!
 //! Publishes take their ticket, and lapin its delivery tag and its place on the wire, under
 //! one lock ([`Confirms::ordered`]), so that tickets follow the broker's order.
 //!
@@ -344,6 +351,13 @@ impl Task {
         });
     }
 
+    /// Whether the confirm just read is the only one of the channel the task has not read:
+    /// none waits in `pending`, and no publish holds a ticket (publishes between their ticket
+    /// and [`Confirms::track`], and confirms handed over but not yet taken in, hold one).
+    fn alone(&self) -> bool {
+        self.pending.is_empty() && self.shared.sending().open.is_empty()
+    }
+
     /// Records what one completed confirm says: its own outcome where that is already known,
     /// and the returned message it carries (whoever it belongs to).
     fn handle(&mut self, (ticket, id, to, r): Done) {
@@ -365,14 +379,23 @@ impl Task {
                 if !self.mandatory {
                     reply(to, Outcome::Acked);
                 } else if !probe {
-                    // Decided once its return (attached here or anywhere) is recorded, or
-                    // proven not to come.
-                    let barrier = self.shared.sending().next;
-                    self.undecided.push(Undecided {
-                        barrier,
-                        id,
-                        reply: to,
-                    });
+                    if attached.is_none() && self.alone() {
+                        // Its own proof (see the module docs): decided now, no probe needed.
+                        let outcome = match self.returned.remove(&id) {
+                            Some((code, text)) => Outcome::Returned { code, text },
+                            None => Outcome::Acked,
+                        };
+                        reply(to, outcome);
+                    } else {
+                        // Decided once its return (attached here or anywhere) is recorded, or
+                        // proven not to come.
+                        let barrier = self.shared.sending().next;
+                        self.undecided.push(Undecided {
+                            barrier,
+                            id,
+                            reply: to,
+                        });
+                    }
                 }
                 attached
             }

@@ -28,10 +28,9 @@ impl<B: Backend> Gated<B> {
     /// Puts `backend` behind `lifecycle` (made by the backend when it connected, so that its
     /// background tasks could be spawned on it; they may hold the backend's `Arc`).
     pub fn from_parts(backend: impl Into<Arc<B>>, lifecycle: Lifecycle) -> Self {
-        Self {
-            backend: backend.into(),
-            lifecycle,
-        }
+        let backend = backend.into();
+        lifecycle.set_teardown_ends_in_flight(backend.bounds_itself());
+        Self { backend, lifecycle }
     }
 
     /// The backend's builder, with its defaults.

@@ -58,6 +58,10 @@ struct Inner {
     /// Set with `abandon`: read before every poll of a publish (the token's own flag takes a
     /// lock).
     abandoned: AtomicBool,
+    /// The backend bounds every publish itself and its teardown ends whatever is still in
+    /// flight (see [`Backend::bounds_itself`](crate::Backend::bounds_itself)): its publishes
+    /// register no watch on the close deadline, so close does not wait for them to notice it.
+    teardown_ends_in_flight: AtomicBool,
     /// Events whose publish returned `OutcomeUnknown` because the drain gave up on them.
     abandoned_events: AtomicUsize,
     /// Held while a given-up publish counts its events and leaves the gate, and while close
@@ -78,6 +82,26 @@ impl Inner {
     /// Starts closing (refusing new publishes); returns what was in flight at that moment.
     fn start_closing(&self) -> usize {
         self.state.fetch_or(CLOSING, Ordering::AcqRel) & !CLOSING
+    }
+
+    /// Counts `events` more in flight, unless closing has started.
+    fn admit(&self, events: usize) -> Result<()> {
+        // Compare-and-swap, so that a refused batch never shows in the in-flight count.
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            if state & CLOSING != 0 {
+                return Err(Error::closed(self.backend));
+            }
+            match self.state.compare_exchange_weak(
+                state,
+                state + events,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(actual) => state = actual,
+            }
+        }
     }
 
     /// Marks `n` events finished, waking the drain when they were the last ones.
@@ -131,13 +155,17 @@ impl Inner {
                 "close deadline passed with events in flight; abandoning them (outcome unknown)"
             );
             self.abandon();
-            remaining = self.wait_idle(Instant::now() + GRACE).await;
-            if remaining > 0 {
-                tracing::warn!(
-                    backend = self.backend,
-                    remaining,
-                    "in-flight publishes did not stop within the grace period"
-                );
+            // Publishes that watch the deadline stop now; those of a backend whose teardown
+            // ends them stop when it runs, below.
+            if !self.teardown_ends_in_flight.load(Ordering::Acquire) {
+                remaining = self.wait_idle(Instant::now() + GRACE).await;
+                if remaining > 0 {
+                    tracing::warn!(
+                        backend = self.backend,
+                        remaining,
+                        "in-flight publishes did not stop within the grace period"
+                    );
+                }
             }
             // Counted by the publishes themselves as they gave up (a batch counts only its
             // unconfirmed events), plus those that have not stopped yet (they give up when next
@@ -246,6 +274,7 @@ impl Lifecycle {
                 idle: Notify::new(),
                 abandon: CancellationToken::new(),
                 abandoned: AtomicBool::new(false),
+                teardown_ends_in_flight: AtomicBool::new(false),
                 abandoned_events: AtomicUsize::new(0),
                 giving_up: std::sync::Mutex::new(()),
                 shutdown: CancellationToken::new(),
@@ -253,6 +282,16 @@ impl Lifecycle {
                 close: OnceLock::new(),
             }),
         }
+    }
+
+    /// Declares that the backend bounds every publish itself and that its teardown ends every
+    /// publish still in flight ([`Gated`](crate::Gated) sets it from
+    /// [`Backend::bounds_itself`](crate::Backend::bounds_itself)): close then does not wait a
+    /// grace period for them after the deadline, it runs the teardown at once.
+    pub(crate) fn set_teardown_ends_in_flight(&self, yes: bool) {
+        self.inner
+            .teardown_ends_in_flight
+            .store(yes, Ordering::Release);
     }
 
     /// The backend name this gate reports in its errors.
@@ -283,22 +322,7 @@ impl Lifecycle {
     /// # Errors
     /// [`ErrorKind::Closed`] once closing has started.
     pub fn enter_events(&self, events: usize) -> Result<InFlight> {
-        // Compare-and-swap, so that a refused batch never shows in the in-flight count.
-        let mut state = self.inner.state.load(Ordering::Acquire);
-        loop {
-            if state & CLOSING != 0 {
-                return Err(Error::closed(self.inner.backend));
-            }
-            match self.inner.state.compare_exchange_weak(
-                state,
-                state + events,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(actual) => state = actual,
-            }
-        }
+        self.inner.admit(events)?;
         Ok(InFlight {
             inner: self.inner.clone(),
             events,
@@ -342,7 +366,7 @@ impl Lifecycle {
     where
         Fut: Future<Output = Result<T>> + 'a,
     {
-        Gate::new(self, None, timeout, what, fut, || 1)
+        Gate::new(self, 0, timeout, what, fut, || 1)
     }
 
     /// Runs one batch through the gate like [`Lifecycle::run`]; `fut` records each event's
@@ -383,8 +407,8 @@ impl Lifecycle {
         Fut: Future<Output = Result<()>>,
     {
         debug_assert_eq!(events.len(), results.len());
-        let failure = match self.enter_events(events.len()) {
-            Ok(guard) => {
+        let failure = match self.inner.admit(events.len()) {
+            Ok(()) => {
                 let unconfirmed = || {
                     events
                         .iter()
@@ -392,7 +416,7 @@ impl Lifecycle {
                         .filter(|(e, r)| r.is_none() && check(e).is_ok())
                         .count()
                 };
-                Gate::new(self, Some(guard), timeout, what, fut, unconfirmed)
+                Gate::new(self, events.len(), timeout, what, fut, unconfirmed)
                     .await
                     .err()
             }
@@ -496,10 +520,16 @@ pin_project_lite::pin_project! {
     /// publish future is this large, and thousands may be in flight.
     struct Gate<'a, Fut, U> {
         lifecycle: &'a Lifecycle,
-        // Set by the first poll (which admits a publish that has no guard yet).
+        // Set by the first poll (which admits a publish that was not admitted yet).
         started: bool,
-        guard: Option<InFlight>,
-        // The gate's own bound; `None` when the backend bounds every publish itself.
+        // Events this publish counts in flight (zero before it is admitted and once it ended);
+        // released when it ends or is dropped. A count, not an [`InFlight`]: no reference
+        // count to take and release per publish.
+        events: usize,
+        // The gate's own bound; `None` when the backend bounds every publish itself. Such a
+        // publish has no watch on the close deadline either: the backend's teardown ends it
+        // (see `Backend::bounds_itself`), and the abandonment flag is still read before every
+        // poll.
         timeout: Option<Duration>,
         what: &'a str,
         // How many events are still waiting for the broker when the publish is abandoned.
@@ -511,6 +541,15 @@ pin_project_lite::pin_project! {
         #[pin]
         abandoned: Option<tokio_util::sync::WaitForCancellationFuture<'a>>,
     }
+    impl<Fut, U> PinnedDrop for Gate<'_, Fut, U> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let events = std::mem::take(this.events);
+            if events > 0 {
+                this.lifecycle.inner.exit(events);
+            }
+        }
+    }
 }
 
 impl<'a, T, Fut, U> Gate<'a, Fut, U>
@@ -518,9 +557,10 @@ where
     Fut: Future<Output = Result<T>>,
     U: Fn() -> usize,
 {
+    /// `events`: how many events the caller already admitted (zero: the first poll admits one).
     fn new(
         lifecycle: &'a Lifecycle,
-        guard: Option<InFlight>,
+        events: usize,
         timeout: Option<Duration>,
         what: &'a str,
         fut: Fut,
@@ -528,8 +568,8 @@ where
     ) -> Self {
         Self {
             lifecycle,
-            started: false,
-            guard,
+            started: events > 0,
+            events,
             timeout,
             what,
             unconfirmed,
@@ -553,19 +593,17 @@ where
         let inner = &*lifecycle.inner;
         if !*this.started {
             *this.started = true;
-            if this.guard.is_none() {
-                match lifecycle.enter() {
-                    Ok(guard) => *this.guard = Some(guard),
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
+            match inner.admit(1) {
+                Ok(()) => *this.events = 1,
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
-        let give_up = |guard: &mut Option<InFlight>, unconfirmed: &U, what: &str| {
+        let give_up = |events: &mut usize, unconfirmed: &U, what: &str| {
             let _counting = inner.giving_up.lock().unwrap_or_else(|p| p.into_inner());
             inner
                 .abandoned_events
                 .fetch_add(unconfirmed(), Ordering::AcqRel);
-            drop(guard.take());
+            inner.exit(std::mem::take(events));
             Poll::Ready(Err(Error::outcome_unknown(
                 inner.backend,
                 format!(
@@ -589,7 +627,7 @@ where
         // clients (lapin registers a new listener on every poll). Abandonment is checked before
         // every poll, so an abandoned publish never sends more; so is an elapsed timeout.
         if inner.abandoned.load(Ordering::Acquire) {
-            return give_up(this.guard, this.unconfirmed, this.what);
+            return give_up(this.events, this.unconfirmed, this.what);
         }
         if let Some(timeout) = *this.timeout
             && this
@@ -601,26 +639,28 @@ where
             return timed_out(this.what, timeout);
         }
         if let Poll::Ready(r) = this.fut.poll(cx) {
-            drop(this.guard.take());
+            inner.exit(std::mem::take(this.events));
             return Poll::Ready(r);
         }
+        let Some(timeout) = *this.timeout else {
+            // A backend that bounds itself: its teardown ends what is still in flight.
+            return Poll::Pending;
+        };
         if this.abandoned.is_none() {
             this.abandoned.set(Some(inner.abandon.cancelled()));
         }
         if let Some(abandoned) = this.abandoned.as_pin_mut()
             && abandoned.poll(cx).is_ready()
         {
-            return give_up(this.guard, this.unconfirmed, this.what);
+            return give_up(this.events, this.unconfirmed, this.what);
         }
-        if let Some(timeout) = *this.timeout {
-            if this.timer.is_none() {
-                this.timer.set(Some(tokio::time::sleep(timeout)));
-            }
-            if let Some(timer) = this.timer.as_pin_mut()
-                && timer.poll(cx).is_ready()
-            {
-                return timed_out(this.what, timeout);
-            }
+        if this.timer.is_none() {
+            this.timer.set(Some(tokio::time::sleep(timeout)));
+        }
+        if let Some(timer) = this.timer.as_pin_mut()
+            && timer.poll(cx).is_ready()
+        {
+            return timed_out(this.what, timeout);
         }
         Poll::Pending
     }
@@ -713,6 +753,47 @@ mod tests {
         let err = stuck.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::OutcomeUnknown);
         assert!(report.elapsed < Duration::from_secs(2));
+    }
+
+    /// A backend that bounds itself: its publishes register no watch on the close deadline,
+    /// and close runs the teardown as soon as the deadline passes (no grace wait); the
+    /// teardown wakes the stuck publish, which then gives up, unpolled, as abandoned.
+    #[tokio::test]
+    async fn a_self_bounded_publish_is_ended_by_the_teardown() {
+        let lc = Arc::new(Lifecycle::new("t", Duration::from_millis(100)));
+        lc.set_teardown_ends_in_flight(true);
+        let (wake, woken) = tokio::sync::oneshot::channel::<()>();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let (lc2, polls2) = (lc.clone(), polls.clone());
+        let stuck = tokio::spawn(async move {
+            // Woken by the teardown only (a client's purged queue).
+            let mut woken = woken;
+            let pending = std::future::poll_fn(move |cx| {
+                polls2.fetch_add(1, Ordering::SeqCst);
+                let _ = std::pin::Pin::new(&mut woken).poll(cx);
+                Poll::<Result<()>>::Pending
+            });
+            lc2.run_timed(None, "publish", pending).await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let report = lc
+            .close(move |td| async move {
+                assert_eq!(td.abandoned_in_flight, 1);
+                let _ = wake.send(());
+                Ok(0)
+            })
+            .await
+            .unwrap();
+        assert_eq!(report.abandoned, 1);
+        assert_eq!(report.drained, 0);
+        // The deadline (100 ms), not the deadline plus the grace period (1 s).
+        assert!(report.elapsed < GRACE, "{:?}", report.elapsed);
+        let err = stuck.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::OutcomeUnknown);
+        assert!(err.to_string().contains("abandoned"), "{err}");
+        // Polled once at the start, never after the teardown woke it.
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        assert_eq!(lc.in_flight(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
