@@ -158,8 +158,12 @@ pub(crate) struct Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if self.armed {
-            self.shared.sending().open.remove(&self.ticket);
+            // Tainted before the ticket leaves the open set, under the same lock: whoever sees
+            // the set without it sees the taint.
+            let mut sending = self.shared.sending();
             self.shared.tainted.store(true, Ordering::Release);
+            sending.open.remove(&self.ticket);
+            drop(sending);
             self.shared.wake.notify_one();
         }
     }
@@ -192,6 +196,7 @@ impl Confirms {
             proven: None,
             probing: false,
             dead: false,
+            tainted: false,
         };
         tokio::spawn(task.run(rx, shutdown));
         Self { shared, tx }
@@ -338,6 +343,8 @@ struct Task {
     probing: bool,
     /// The channel failed: no return will come any more.
     dead: bool,
+    /// A publish gave up while lapin was sending it: no ack on this channel can be proven.
+    tainted: bool,
 }
 
 impl Task {
@@ -354,8 +361,14 @@ impl Task {
     /// Whether the confirm just read is the only one of the channel the task has not read:
     /// none waits in `pending`, and no publish holds a ticket (publishes between their ticket
     /// and [`Confirms::track`], and confirms handed over but not yet taken in, hold one).
+    /// Never on a channel that is failing or tainted (a publish gave up while lapin was sending
+    /// it: its confirm, out of the task's sight, may have taken someone's return).
     fn alone(&self) -> bool {
-        self.pending.is_empty() && self.shared.sending().open.is_empty()
+        if self.dead || self.tainted || !self.pending.is_empty() {
+            return false;
+        }
+        let sending = self.shared.sending();
+        sending.open.is_empty() && !self.shared.tainted.load(Ordering::Acquire)
     }
 
     /// Records what one completed confirm says: its own outcome where that is already known,
@@ -441,10 +454,14 @@ impl Task {
         });
         self.proven = proven;
         let returned = &mut self.returned;
+        // A tainted channel proves nothing any more: a confirm out of the task's sight may have
+        // taken the return a proof relies on (the run loop marks it dead next).
+        let untrusted = self.tainted || self.shared.tainted.load(Ordering::Acquire);
         let dead = self.dead;
         self.undecided.retain_mut(|u| {
             let outcome = match returned.remove(&u.id) {
                 Some((code, text)) => Outcome::Returned { code, text },
+                None if untrusted => Outcome::Undecided,
                 None if proven.is_some_and(|p| p >= u.barrier) => Outcome::Acked,
                 None if dead => Outcome::Undecided,
                 None => return true,
@@ -525,7 +542,10 @@ impl Task {
                 }
                 () = self.shared.wake.notified() => {}
             }
-            if self.shared.tainted.swap(false, Ordering::AcqRel) && !self.dead {
+            if self.shared.tainted.swap(false, Ordering::AcqRel) {
+                self.tainted = true;
+            }
+            if self.tainted && !self.dead {
                 tracing::warn!(
                     backend = BACKEND,
                     "a publish was cancelled while lapin was sending it; closing the channel, \

@@ -29,8 +29,10 @@ type CloseFuture = Shared<BoxFuture<'static, Result<CloseReport>>>;
 pub struct Teardown {
     /// When the close should be over; the teardown is cut off at this point (plus a short grace).
     pub deadline: Instant,
-    /// Events in flight that the drain gave up on (they returned `OutcomeUnknown` to their
-    /// callers).
+    /// Events in flight that the drain gave up on (they return `OutcomeUnknown` to their
+    /// callers). For a backend whose teardown ends its in-flight publishes
+    /// ([`Backend::bounds_itself`](crate::Backend::bounds_itself)), the teardown runs before
+    /// they stopped, and this counts every event still in flight (an upper bound).
     pub abandoned_in_flight: usize,
 }
 
@@ -106,6 +108,9 @@ impl Inner {
 
     /// Marks `n` events finished, waking the drain when they were the last ones.
     fn exit(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
         if self.state.fetch_sub(n, Ordering::AcqRel) == CLOSING | n {
             self.idle.notify_waiters();
         }
@@ -132,6 +137,26 @@ impl Inner {
         }
     }
 
+    /// Gives abandoned publishes [`GRACE`] to notice and stop.
+    async fn wait_grace(&self) {
+        let remaining = self.wait_idle(Instant::now() + GRACE).await;
+        if remaining > 0 {
+            tracing::warn!(
+                backend = self.backend,
+                remaining,
+                "in-flight publishes did not stop within the grace period"
+            );
+        }
+    }
+
+    /// Events given up on: counted by the publishes themselves as they gave up (a batch counts
+    /// only its unconfirmed events), plus those that have not stopped yet (they give up when
+    /// next polled), read together so that none is counted twice.
+    fn count_abandoned(&self) -> usize {
+        let _counting = self.giving_up.lock().unwrap_or_else(|p| p.into_inner());
+        self.abandoned_events.load(Ordering::Acquire) + self.in_flight()
+    }
+
     async fn close<F, Fut>(self: Arc<Self>, teardown: F) -> Result<CloseReport>
     where
         F: FnOnce(Teardown) -> Fut,
@@ -146,32 +171,21 @@ impl Inner {
             "closing publisher"
         );
 
-        let mut remaining = self.wait_idle(deadline).await;
-        let mut abandoned_in_flight = 0;
-        if remaining > 0 {
+        let remaining = self.wait_idle(deadline).await;
+        let gave_up = remaining > 0;
+        // Publishes that watch the deadline stop as soon as it is given up on; those of a
+        // backend whose teardown ends them stop when the teardown runs.
+        let ends_in_flight = self.teardown_ends_in_flight.load(Ordering::Acquire);
+        if gave_up {
             tracing::warn!(
                 backend = self.backend,
                 in_flight = remaining,
                 "close deadline passed with events in flight; abandoning them (outcome unknown)"
             );
             self.abandon();
-            // Publishes that watch the deadline stop now; those of a backend whose teardown
-            // ends them stop when it runs, below.
-            if !self.teardown_ends_in_flight.load(Ordering::Acquire) {
-                remaining = self.wait_idle(Instant::now() + GRACE).await;
-                if remaining > 0 {
-                    tracing::warn!(
-                        backend = self.backend,
-                        remaining,
-                        "in-flight publishes did not stop within the grace period"
-                    );
-                }
+            if !ends_in_flight {
+                self.wait_grace().await;
             }
-            // Counted by the publishes themselves as they gave up (a batch counts only its
-            // unconfirmed events), plus those that have not stopped yet (they give up when next
-            // polled), read together so that none is counted twice.
-            let _counting = self.giving_up.lock().unwrap_or_else(|p| p.into_inner());
-            abandoned_in_flight = self.abandoned_events.load(Ordering::Acquire) + self.in_flight();
         }
 
         self.shutdown.cancel();
@@ -187,6 +201,14 @@ impl Inner {
             );
         }
 
+        // What the teardown is told the gate counts already: once the publishes stopped, the
+        // exact count; before (a backend whose teardown ends them), every event still in
+        // flight, an upper bound.
+        let mut abandoned_in_flight = match (gave_up, ends_in_flight) {
+            (false, _) => 0,
+            (true, false) => self.count_abandoned(),
+            (true, true) => self.in_flight() + self.abandoned_events.load(Ordering::Acquire),
+        };
         let ctx = Teardown {
             deadline,
             abandoned_in_flight,
@@ -206,6 +228,13 @@ impl Inner {
                 ));
             }
         };
+        if gave_up && ends_in_flight {
+            // The teardown woke them: each now ends, counting only what the broker did not
+            // confirm (a batch's confirmed events, a publish that completed just before, are
+            // not abandoned).
+            self.wait_grace().await;
+            abandoned_in_flight = self.count_abandoned();
+        }
         let report = CloseReport {
             drained: at_start.saturating_sub(abandoned_in_flight),
             abandoned: abandoned_in_flight + extra,
@@ -366,7 +395,7 @@ impl Lifecycle {
     where
         Fut: Future<Output = Result<T>> + 'a,
     {
-        Gate::new(self, 0, timeout, what, fut, || 1)
+        Gate::new(self, None, timeout, what, fut, || 1)
     }
 
     /// Runs one batch through the gate like [`Lifecycle::run`]; `fut` records each event's
@@ -416,7 +445,7 @@ impl Lifecycle {
                         .filter(|(e, r)| r.is_none() && check(e).is_ok())
                         .count()
                 };
-                Gate::new(self, events.len(), timeout, what, fut, unconfirmed)
+                Gate::new(self, Some(events.len()), timeout, what, fut, unconfirmed)
                     .await
                     .err()
             }
@@ -557,10 +586,11 @@ where
     Fut: Future<Output = Result<T>>,
     U: Fn() -> usize,
 {
-    /// `events`: how many events the caller already admitted (zero: the first poll admits one).
+    /// `admitted`: how many events the caller already admitted (a batch, possibly empty);
+    /// `None`: the first poll admits one (a publish).
     fn new(
         lifecycle: &'a Lifecycle,
-        events: usize,
+        admitted: Option<usize>,
         timeout: Option<Duration>,
         what: &'a str,
         fut: Fut,
@@ -568,8 +598,8 @@ where
     ) -> Self {
         Self {
             lifecycle,
-            started: events > 0,
-            events,
+            started: admitted.is_some(),
+            events: admitted.unwrap_or(0),
             timeout,
             what,
             unconfirmed,
@@ -940,6 +970,69 @@ mod tests {
         assert_eq!(r[0].as_ref().unwrap().event_id, events[0].id());
         assert_eq!(r[1].as_ref().unwrap_err().kind(), ErrorKind::Rejected);
         assert_eq!(r[2].as_ref().unwrap_err().kind(), ErrorKind::OutcomeUnknown);
+        assert_eq!(lc.in_flight(), 0);
+    }
+
+    /// As above, for a backend whose teardown ends what is in flight: the report is counted
+    /// once the teardown woke the batch, so the events it confirmed are drained, not abandoned.
+    #[tokio::test]
+    async fn a_self_bounded_batch_counts_only_its_unconfirmed_events() {
+        let lc = Arc::new(Lifecycle::new("t", Duration::from_millis(100)));
+        lc.set_teardown_ends_in_flight(true);
+        let (wake, woken) = tokio::sync::oneshot::channel::<()>();
+        let batch = {
+            let lc = lc.clone();
+            tokio::spawn(async move {
+                let events = events(10);
+                let results = BatchResults::new(10);
+                lc.run_batch_timed(None, "batch", &events, &results, |_| Ok(()), async {
+                    for i in 0..4 {
+                        results.set(i, Ok(crate::Position::None));
+                    }
+                    let _ = woken.await;
+                    Ok(())
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let report = lc
+            .close(move |td| async move {
+                assert_eq!(
+                    td.abandoned_in_flight, 10,
+                    "an upper bound before they stop"
+                );
+                let _ = wake.send(());
+                Ok(0)
+            })
+            .await
+            .unwrap();
+        assert_eq!(report.abandoned, 6, "{report}");
+        assert_eq!(report.drained, 4, "{report}");
+        let outcome = batch.await.unwrap();
+        assert_eq!(outcome.succeeded(), 4);
+        assert_eq!(lc.in_flight(), 0);
+    }
+
+    /// An empty batch counts nothing in flight, and is refused after close like any other.
+    #[tokio::test]
+    async fn an_empty_batch_counts_no_event() {
+        let lc = Lifecycle::new("t", Duration::from_secs(1));
+        let results = BatchResults::new(0);
+        let outcome = lc
+            .run_batch(
+                Duration::from_secs(1),
+                "batch",
+                &[],
+                &results,
+                |_| Ok(()),
+                async {
+                    assert_eq!(lc.in_flight(), 0);
+                    Ok(())
+                },
+            )
+            .await;
+        assert_eq!(outcome.len(), 0);
         assert_eq!(lc.in_flight(), 0);
     }
 
