@@ -19,12 +19,15 @@
 //! exchange). A publish whose id was returned is `Returned`, whoever received the message.
 //! Under load an unreturned mandatory publish is decided about one round trip after its ack.
 //!
-//! An ack that completed carrying no returned message, read when no other confirm of the
-//! channel is unread (none pending, none on its way to the task: see `Task::alone`), is its own
-//! proof and is decided at once: lapin's queue of returns was empty when the ack came, so the
-//! message's return, had there been one, arrived earlier and was handed to a confirm completed
-//! earlier, which the task has read. This is the common case of a publisher with one publish in
-//! flight at a time, which thus takes one round trip, not two.
+//! An ack that completed carrying no returned message is also its own proof, once every
+//! confirm that may have completed before it has been read: lapin's queue of returns was empty
+//! when that ack came, so the message's return, had there been one, arrived earlier and was
+//! handed to a confirm completed earlier. The task reads every completed confirm before it
+//! decides, and a confirm it cannot read yet belongs to a publish still holding its ticket; a
+//! ticket taken after the ack was read cannot have completed before it. So such an ack is
+//! decided as soon as no publish that began before it was read still holds its ticket: at
+//! once when one publish is in flight at a time (one round trip, not two), and without waiting
+//! for a later publish's ack under load.
 //!
 //! Publishes take their ticket, and lapin its delivery tag and its place on the wire, under
 //! one lock ([`Confirms::ordered`]), so that tickets follow the broker's order.
@@ -249,6 +252,9 @@ struct Undecided {
     /// The ticket counter when the ack was read: a publish with this ticket or a later one
     /// began after the ack completed.
     barrier: u64,
+    /// Its confirm carried no returned message: its own proof once every confirm that may have
+    /// completed before it was read (see the module docs).
+    self_proof: bool,
     id: Uuid,
     reply: Option<oneshot::Sender<Outcome>>,
 }
@@ -358,19 +364,6 @@ impl Task {
         });
     }
 
-    /// Whether the confirm just read is the only one of the channel the task has not read:
-    /// none waits in `pending`, and no publish holds a ticket (publishes between their ticket
-    /// and [`Confirms::track`], and confirms handed over but not yet taken in, hold one).
-    /// Never on a channel that is failing or tainted (a publish gave up while lapin was sending
-    /// it: its confirm, out of the task's sight, may have taken someone's return).
-    fn alone(&self) -> bool {
-        if self.dead || self.tainted || !self.pending.is_empty() {
-            return false;
-        }
-        let sending = self.shared.sending();
-        sending.open.is_empty() && !self.shared.tainted.load(Ordering::Acquire)
-    }
-
     /// Records what one completed confirm says: its own outcome where that is already known,
     /// and the returned message it carries (whoever it belongs to).
     fn handle(&mut self, (ticket, id, to, r): Done) {
@@ -392,23 +385,15 @@ impl Task {
                 if !self.mandatory {
                     reply(to, Outcome::Acked);
                 } else if !probe {
-                    if attached.is_none() && self.alone() {
-                        // Its own proof (see the module docs): decided now, no probe needed.
-                        let outcome = match self.returned.remove(&id) {
-                            Some((code, text)) => Outcome::Returned { code, text },
-                            None => Outcome::Acked,
-                        };
-                        reply(to, outcome);
-                    } else {
-                        // Decided once its return (attached here or anywhere) is recorded, or
-                        // proven not to come.
-                        let barrier = self.shared.sending().next;
-                        self.undecided.push(Undecided {
-                            barrier,
-                            id,
-                            reply: to,
-                        });
-                    }
+                    // Decided once its return (attached here or anywhere) is recorded, or
+                    // proven not to come.
+                    let barrier = self.shared.sending().next;
+                    self.undecided.push(Undecided {
+                        barrier,
+                        self_proof: attached.is_none(),
+                        id,
+                        reply: to,
+                    });
                 }
                 attached
             }
@@ -463,6 +448,11 @@ impl Task {
                 Some((code, text)) => Outcome::Returned { code, text },
                 None if untrusted => Outcome::Undecided,
                 None if proven.is_some_and(|p| p >= u.barrier) => Outcome::Acked,
+                // Every completed confirm was read just before (the run loop's drain), and no
+                // publish that began before this ack was read is still on its way.
+                None if u.self_proof && oldest_open.is_none_or(|t| t >= u.barrier) => {
+                    Outcome::Acked
+                }
                 None if dead => Outcome::Undecided,
                 None => return true,
             };
