@@ -21,6 +21,8 @@ use crate::line::{encode_json, encode_text};
 type Sink = Box<dyn AsyncWrite + Send + Unpin>;
 
 const BUFFER: usize = 64 * 1024;
+/// Encoded lines waiting beyond this and publishes wait for the output (bounded memory).
+const MAX_PENDING: usize = 16 * BUFFER;
 
 struct Output {
     writer: Sink,
@@ -197,6 +199,7 @@ impl ConsolePublisherBuilder {
             pending: Arc::new(std::sync::Mutex::new(Pending {
                 buf: Vec::with_capacity(BUFFER),
                 lines: 0,
+                broken: false,
             })),
             output: Arc::new(Mutex::new(Some(Output {
                 writer: sink,
@@ -230,6 +233,9 @@ impl ConsoleBackend {
 
     /// Encodes one event onto the pending lines; a failed encoding leaves nothing behind.
     fn encode_into(&self, pending: &mut Pending, event: &Event) -> Result<()> {
+        if pending.broken {
+            return Err(refused());
+        }
         let before = pending.buf.len();
         match self.encode(event, &mut pending.buf) {
             Ok(()) => {
@@ -243,11 +249,16 @@ impl ConsoleBackend {
         }
     }
 
-    /// Appends one event's line; returns whether the buffer is due for writing.
+    /// Appends one event's line; returns whether this publish must write the buffer: the one
+    /// whose line filled it past [`BUFFER`] does, and, once it holds [`MAX_PENDING`] (the
+    /// output is slower than the publishes), every publish does, which holds them back. The
+    /// others return at once while a write is under way, instead of queueing behind it.
     fn append(&self, event: &Event) -> Result<bool> {
         let mut pending = self.pending();
+        let before = pending.buf.len();
         self.encode_into(&mut pending, event)?;
-        Ok(pending.buf.len() >= BUFFER)
+        let after = pending.buf.len();
+        Ok((before < BUFFER && after >= BUFFER) || after >= MAX_PENDING)
     }
 
     /// Appends the lines of a batch's events still without a result under one lock
@@ -275,6 +286,36 @@ impl ConsoleBackend {
 struct Pending {
     buf: Vec<u8>,
     lines: usize,
+    /// A write failed or was given up: no line is taken any more (it would never be written).
+    broken: bool,
+}
+
+/// The error of a publish refused because an earlier write failed or stalled.
+fn refused() -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        BACKEND,
+        "an earlier write to the console output failed or stalled; refusing to write more",
+    )
+    .with_retryable(false)
+}
+
+/// Marks the pending lines broken when dropped armed: a write that failed, or whose publish
+/// was cancelled (timed out) while it was under way.
+struct BreakOnDrop<'a> {
+    pending: &'a std::sync::Mutex<Pending>,
+    armed: bool,
+}
+
+impl Drop for BreakOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .broken = true;
+        }
+    }
 }
 
 /// Takes the pending lines under the output lock (so whoever writes, writes in append order)
@@ -289,12 +330,8 @@ async fn drain(
     let mut guard = output.lock().await;
     let out = guard.as_mut().ok_or_else(|| Error::closed(BACKEND))?;
     if out.poisoned {
-        return Err(Error::new(
-            ErrorKind::Unavailable,
-            BACKEND,
-            "an earlier write to the console output failed or stalled; refusing to write more",
-        )
-        .with_retryable(false));
+        pending.lock().unwrap_or_else(|p| p.into_inner()).broken = true;
+        return Err(refused());
     }
     {
         // Swap buffers so both keep their capacity: no allocation in the steady state.
@@ -307,6 +344,10 @@ async fn drain(
         out.unflushed += std::mem::take(&mut p.lines);
     }
     out.poisoned = true;
+    let mut breaks = BreakOnDrop {
+        pending,
+        armed: true,
+    };
     if !out.spare.is_empty() {
         let Output { writer, spare, .. } = &mut *out;
         writer.write_all(spare).await.map_err(io_error)?;
@@ -315,6 +356,7 @@ async fn drain(
         out.writer.flush().await.map_err(io_error)?;
         out.unflushed = 0;
     }
+    breaks.armed = false;
     out.poisoned = false;
     Ok(())
 }

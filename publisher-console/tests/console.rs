@@ -219,3 +219,131 @@ async fn lent_writer_is_flushed_not_shut_down() {
     let mut w = out.clone();
     w.write_all(b"owner\n").await.unwrap();
 }
+
+/// A writer that accepts nothing until released, then everything (a slow disk, a reader that
+/// catches up late).
+#[derive(Clone, Default)]
+struct Held {
+    released: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    waker: std::sync::Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+    bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+impl Held {
+    fn release(&self) {
+        self.released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(w) = self.waker.lock().unwrap().take() {
+            w.wake();
+        }
+    }
+    fn ready(&self, cx: &mut Context<'_>) -> bool {
+        *self.waker.lock().unwrap() = Some(cx.waker().clone());
+        self.released.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+impl AsyncWrite for Held {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if !self.ready(cx) {
+            return Poll::Pending;
+        }
+        self.bytes
+            .fetch_add(buf.len(), std::sync::atomic::Ordering::SeqCst);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.ready(cx) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+/// With `flush=batch`, the publish whose line fills the buffer writes it; the others do not
+/// queue behind that write (they return once their line is buffered), until the lines waiting
+/// reach the bound (1 MiB), where they wait for the output too. Nothing is lost: every line is
+/// written once the output accepts bytes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_flush_publishes_do_not_queue_behind_a_slow_write() {
+    let out = Held::default();
+    let p = std::sync::Arc::new(
+        ConsolePublisher::builder()
+            .writer(out.clone())
+            .format(Format::Json)
+            .flush(FlushPolicy::Batch)
+            .build()
+            .unwrap(),
+    );
+    let payload = "x".repeat(1000);
+    // About 1.4 MB of lines while the output accepts nothing.
+    let total = 1200;
+    let mut tasks = Vec::new();
+    for _ in 0..total {
+        let (p, payload) = (p.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            p.publish(Event::text("t", payload)).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let done = tasks.iter().filter(|t| t.is_finished()).count();
+    // Lines of about 1.15 KB: the first 64 KiB go to the held write, about 900 more fill the
+    // bound, and one publish per 64 KiB waits (it writes them); the rest wait for the output.
+    assert!(
+        done > 700,
+        "publishes queued behind the write: {done} of {total} returned"
+    );
+    assert!(
+        total - done > 100,
+        "the lines waiting are not bounded: {done} returned"
+    );
+    out.release();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let report = p.close().await.unwrap();
+    assert_eq!(report.abandoned, 0);
+    let written = out.bytes.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(written > total * 1000, "{written} bytes for {total} lines");
+}
+
+/// Once a write failed or stalled past the publish timeout, later publishes are refused, even
+/// with `flush=batch` where they would only have been buffered: never Ok for a line that
+/// cannot be written.
+#[tokio::test]
+async fn after_a_stalled_write_buffered_publishes_are_refused() {
+    let p = ConsolePublisher::builder()
+        .writer(Stalled)
+        .format(Format::Json)
+        .flush(FlushPolicy::Batch)
+        .timeouts(
+            Timeouts::default()
+                .with_publish(Duration::from_millis(200))
+                .with_close(Duration::from_millis(300)),
+        )
+        .build()
+        .unwrap();
+    let payload = "x".repeat(1000);
+    let mut oks = 0;
+    let err = loop {
+        match p.publish(Event::text("t", payload.clone())).await {
+            Ok(_) => oks += 1,
+            Err(e) => break e,
+        }
+        assert!(oks < 100);
+    };
+    assert_eq!(err.kind(), ErrorKind::OutcomeUnknown, "{err}");
+    let err = p.publish(Event::text("t", "y")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    let outcome = p
+        .publish_batch(vec![Event::text("t", "a"), Event::text("t", "b")])
+        .await;
+    assert_eq!(outcome.failed(), 2);
+    let _ = p.close().await;
+}
