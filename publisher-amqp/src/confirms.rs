@@ -510,6 +510,9 @@ impl Task {
                 ticket.armed = false;
                 self.shared.sending().open.remove(&ticket.ticket);
                 tracing::debug!(backend = BACKEND, error = %e, "confirm probe failed");
+                // lapin may have registered its confirm, which could then take a return out of
+                // the task's sight: no ack on this channel is proven any more.
+                self.tainted = true;
                 self.dead = true;
             }
         }

@@ -13,6 +13,7 @@ use publisher_core::{
 };
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
+use tokio_util::task::TaskTracker;
 
 use crate::BACKEND;
 use crate::config::{ConsoleConfig, FlushPolicy, Format, Target};
@@ -70,6 +71,21 @@ pub struct ConsoleBackend {
     pending: Arc<std::sync::Mutex<Pending>>,
     output: Arc<Mutex<Option<Output>>>,
     seq: AtomicU64,
+    /// Writes of a full buffer under [`FlushPolicy::Batch`], run beside the publishes (see
+    /// [`Due`]); the teardown waits for them.
+    writes: TaskTracker,
+}
+
+/// Whether a publish's line makes the buffer due for writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// Not yet.
+    No,
+    /// The line filled the buffer past [`BUFFER`]: one write of it starts (beside the
+    /// publishes under [`FlushPolicy::Batch`]; no publish waits for it).
+    Filled,
+    /// [`MAX_PENDING`] lines wait: the output is slower than the publishes, which wait for it.
+    Full,
 }
 
 impl fmt::Debug for ConsoleBackend {
@@ -209,6 +225,7 @@ impl ConsolePublisherBuilder {
                 spare: Vec::with_capacity(BUFFER),
             }))),
             seq: AtomicU64::new(0),
+            writes: TaskTracker::new(),
         };
         Ok(Gated::from_parts(
             backend,
@@ -249,16 +266,40 @@ impl ConsoleBackend {
         }
     }
 
-    /// Appends one event's line; returns whether this publish must write the buffer: the one
-    /// whose line filled it past [`BUFFER`] does, and, once it holds [`MAX_PENDING`] (the
-    /// output is slower than the publishes), every publish does, which holds them back. The
-    /// others return at once while a write is under way, instead of queueing behind it.
-    fn append(&self, event: &Event) -> Result<bool> {
+    /// Appends one event's line; says whether the buffer is due for writing (see [`Due`]).
+    fn append(&self, event: &Event) -> Result<Due> {
         let mut pending = self.pending();
         let before = pending.buf.len();
         self.encode_into(&mut pending, event)?;
         let after = pending.buf.len();
-        Ok((before < BUFFER && after >= BUFFER) || after >= MAX_PENDING)
+        Ok(if after >= MAX_PENDING {
+            Due::Full
+        } else if before < BUFFER && after >= BUFFER {
+            Due::Filled
+        } else {
+            Due::No
+        })
+    }
+
+    /// Writes the full buffer beside the publishes, bounded by the publish timeout: a write
+    /// that fails or stalls marks the output broken (later publishes are refused, and close
+    /// counts the lines it could not write).
+    fn write_behind(&self) {
+        let (output, pending) = (self.output.clone(), self.pending.clone());
+        let limit = self.timeouts.publish;
+        self.writes.spawn(async move {
+            match tokio::time::timeout(limit, drain(&output, &pending, false)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(backend = BACKEND, error = %e, "console write failed");
+                }
+                Err(_) => tracing::warn!(
+                    backend = BACKEND,
+                    ?limit,
+                    "console write stalled past the publish timeout"
+                ),
+            }
+        });
     }
 
     /// Appends the lines of a batch's events still without a result under one lock
@@ -387,7 +428,9 @@ impl Backend for ConsoleBackend {
         let event = event.event();
         let due = self.append(event)?;
         let flush = self.flush == FlushPolicy::Event;
-        if flush || due {
+        if !flush && due == Due::Filled {
+            self.write_behind();
+        } else if flush || due == Due::Full {
             // Boxed: with `FlushPolicy::Batch` most publishes never write, and the write's
             // state would make every publish's future larger.
             Box::pin(self.drain(flush)).await?;
@@ -435,7 +478,11 @@ impl Backend for ConsoleBackend {
     async fn teardown(self: Arc<Self>, td: Teardown) -> Result<usize> {
         let (output, pending) = (&self.output, &self.pending);
         let limit = td.remaining().max(Duration::from_millis(100));
-        let written = tokio::time::timeout(limit, drain(output, pending, true))
+        // The writes under way first (each bounded by the publish timeout), then the rest.
+        let until = tokio::time::Instant::now() + limit;
+        self.writes.close();
+        let _ = tokio::time::timeout_at(until, self.writes.wait()).await;
+        let written = tokio::time::timeout_at(until, drain(output, pending, true))
             .await
             .map_err(|_| Error::timeout(BACKEND, "close: writing pending lines", limit))?;
         let mut guard = output.lock().await;
