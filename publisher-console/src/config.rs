@@ -41,7 +41,10 @@ pub enum FlushPolicy {
     #[default]
     Event,
     /// After each `publish_batch` and at `close`; `publish` returns Ok once the line is in the
-    /// buffer. Faster; a crash can lose buffered lines.
+    /// buffer. Faster; a crash can lose buffered lines. A full buffer (64 KiB) is written
+    /// beside the publishes, which wait only when 1 MiB of lines waits for a slower output.
+    /// After a write failed or stalled past the publish timeout, publishes are refused
+    /// (`Unavailable`), and close counts the lines it could not write.
     Batch,
 }
 
