@@ -33,28 +33,49 @@ fn reserved(name: &str) -> bool {
     lower.starts_with("nats-") || lower.starts_with("publisher-") || lower == "content-type"
 }
 
+/// Whether `subject` is printable ASCII without wildcards or empty tokens: valid as it stands.
+/// Branch-free over the bytes (it vectorizes); `false` sends the subject to the full checks.
+fn plain_subject(subject: &str) -> bool {
+    let b = subject.as_bytes();
+    let (Some(&first), Some(&last)) = (b.first(), b.last()) else {
+        return false;
+    };
+    let graphic = b.iter().fold(true, |ok, &c| {
+        ok & (c.wrapping_sub(0x21) < 0x5e) & (c != b'*') & (c != b'>')
+    });
+    let double_dot = b
+        .windows(2)
+        .fold(false, |seen, w| seen | (w[0] == b'.' && w[1] == b'.'));
+    graphic && !double_dot && first != b'.' && last != b'.'
+}
+
 /// Checks the subject as the server would, the header names and values, and the size against
 /// the server's `max_payload`.
 pub(crate) fn validate(event: &Event, max_payload: usize) -> Result<()> {
     event.validate(BACKEND)?;
     let subject = event.topic();
     let bad_subject = |why: String| Err(Error::invalid_event(BACKEND, "topic", why));
-    if let Some(c) = subject
-        .chars()
-        .find(|c| c.is_whitespace() || c.is_control())
-    {
-        return bad_subject(format!("subject `{subject}` contains {c:?}"));
-    }
-    for token in subject.split('.') {
-        if token.is_empty() {
-            return bad_subject(format!(
-                "subject `{subject}` has an empty token (a leading, trailing or double `.`)"
-            ));
+    // Every publish checks its subject: the common one (printable ASCII, no wildcard, no empty
+    // token) in one pass over the bytes, the rest char by char for the precise error.
+    if !plain_subject(subject) {
+        if let Some(c) = subject
+            .chars()
+            .find(|c| c.is_whitespace() || c.is_control())
+        {
+            return bad_subject(format!("subject `{subject}` contains {c:?}"));
         }
-        if token == "*" || token == ">" {
-            return bad_subject(format!(
-                "subject `{subject}` has the wildcard `{token}`: publishes need a literal subject"
-            ));
+        for token in subject.split('.') {
+            if token.is_empty() {
+                return bad_subject(format!(
+                    "subject `{subject}` has an empty token (a leading, trailing or double `.`)"
+                ));
+            }
+            if token == "*" || token == ">" {
+                return bad_subject(format!(
+                    "subject `{subject}` has the wildcard `{token}`: publishes need a literal \
+                     subject"
+                ));
+            }
         }
     }
     for (name, value) in event.headers() {
@@ -188,5 +209,32 @@ mod tests {
         assert_eq!(e.field(), Some("headers"));
         let e = validate(&Event::new("a", vec![0u8; 2000]), 1024).unwrap_err();
         assert_eq!(e.field(), Some("payload"));
+    }
+}
+
+#[cfg(test)]
+mod plain_subject_tests {
+    use super::*;
+
+    #[test]
+    fn plain_subjects_are_exactly_the_simple_valid_ones() {
+        for ok in ["orders", "orders.eu.v1", "a-b_c.D9", "x"] {
+            assert!(plain_subject(ok), "{ok}");
+        }
+        // Not plain: each goes to the full checks (some of them are still valid there).
+        for not in [
+            "", ".a", "a.", "a..b", "a b", "a\tb", "a.*", "a.>", "a*b", "ünï", "a\u{7f}",
+        ] {
+            assert!(!plain_subject(not), "{not:?}");
+        }
+        // Every byte that is printable ASCII and not a wildcard or a dot is plain on its own.
+        for b in 0..=255u8 {
+            let s = [b];
+            let Ok(s) = std::str::from_utf8(&s) else {
+                continue;
+            };
+            let expected = b.is_ascii_graphic() && b != b'*' && b != b'>' && b != b'.';
+            assert_eq!(plain_subject(s), expected, "byte {b:#04x}");
+        }
     }
 }

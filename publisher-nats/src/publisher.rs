@@ -1,6 +1,8 @@
 //! [`NatsPublisher`].
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
@@ -151,6 +153,26 @@ impl NatsBackend {
             .map_err(not_sent)
     }
 
+    /// Sends a batch's messages in order and awaits their PubAcks (see `publish_batch`).
+    async fn send_batch(&self, events: &[Event], results: &BatchResults) {
+        // Sent in order, one after the other, then the PubAcks awaited together; at most
+        // `max_ack_inflight` at a time, since each holds one of the client's permits until its
+        // PubAck is read (sending more before awaiting would wait for a permit forever).
+        let room = self.config.max_ack_inflight.max(1);
+        let mut pending = Vec::with_capacity(events.len().min(room));
+        for (i, event) in results.pending(events) {
+            match self.send(&event).await {
+                Ok(ack) => pending.push((i, ack)),
+                Err(e) => results.set(i, Err(e)),
+            }
+            if pending.len() == room {
+                self.await_acks(events, results, std::mem::take(&mut pending))
+                    .await;
+            }
+        }
+        self.await_acks(events, results, pending).await;
+    }
+
     /// Awaits the PubAcks of `pending` together, recording each event's result.
     async fn await_acks(
         &self,
@@ -192,32 +214,58 @@ impl Backend for NatsBackend {
         validate(event, self.max_payload)
     }
 
+    /// async-nats bounds the send into its command queue and the PubAck wait, each by the
+    /// publish timeout (the context's `timeout`). A send that does not finish at once (no ack
+    /// permit free, the command queue full) is the slow path: the publish as a whole is then
+    /// bounded by the publish timeout from its start. The client's drain at close ends every
+    /// PubAck still awaited.
+    fn bounds_itself(&self) -> bool {
+        true
+    }
+
     async fn publish(&self, event: Checked<'_>) -> Result<Position> {
         let event = event.event();
-        let ack = self.send(event).await?;
+        let started = tokio::time::Instant::now();
+        let mut send = std::pin::pin!(self.send(event));
+        let first = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
+        let ack = match first {
+            Poll::Ready(ack) => ack?,
+            Poll::Pending => {
+                // Boxed: rare, and its timer would make every publish's future larger.
+                let until = started + self.publish_timeout();
+                let rest = async { self.acked(send.await?, event.topic()).await };
+                return match Box::pin(tokio::time::timeout_at(until, rest)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::outcome_unknown(
+                        BACKEND,
+                        format!(
+                            "no PubAck within the publish timeout ({:?}); the message may or \
+                             may not be stored",
+                            self.publish_timeout()
+                        ),
+                    )),
+                };
+            }
+        };
         self.acked(ack, event.topic()).await
     }
 
     async fn publish_batch(&self, events: &[Event], results: &BatchResults) -> Result<()> {
-        // Sent in order, one after the other, then the PubAcks awaited together; at most
-        // `max_ack_inflight` at a time, since each holds one of the client's permits until its
-        // PubAck is read (sending more before awaiting would wait for a permit forever).
-        let room = self.config.max_ack_inflight.max(1);
-        let mut pending = Vec::with_capacity(events.len().min(room));
-        for (i, event) in results.pending(events) {
-            match self.send(&event).await {
-                Ok(ack) => pending.push((i, ack)),
-                Err(e) => results.set(i, Err(e)),
-            }
-            if pending.len() == room {
-                self.await_acks(events, results, std::mem::take(&mut pending))
-                    .await;
-            }
+        // Bounded as a whole (each send and each PubAck wait is bounded by async-nats, but
+        // not their sum): what has no result by then is unknown.
+        let until = tokio::time::Instant::now() + self.publish_timeout();
+        match tokio::time::timeout_at(until, self.send_batch(events, results)).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::outcome_unknown(
+                BACKEND,
+                format!(
+                    "the batch did not finish within the publish timeout ({:?}); its \
+                     unconfirmed messages may or may not be stored",
+                    self.publish_timeout()
+                ),
+            )),
         }
-        self.await_acks(events, results, pending).await;
-        Ok(())
     }
-
     async fn health(&self) -> Health {
         if self.client.connection_state() != State::Connected {
             return Health::unhealthy(
