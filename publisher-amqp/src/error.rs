@@ -49,6 +49,20 @@ pub(crate) fn confirm_lost(e: lapin::Error, routing_key: &str) -> Error {
     .with_source(cause)
 }
 
+/// Whether `e` means the connection (not just a channel) is gone: a transport failure, a
+/// missed heartbeat, or RabbitMQ closing the connection (320 CONNECTION_FORCED, 506
+/// RESOURCE_ERROR). An access refusal (403) closing a channel is not.
+pub(crate) fn connection_lost(e: &lapin::Error) -> bool {
+    match e.kind() {
+        LapinKind::IOError(_)
+        | LapinKind::MissingHeartbeatError
+        | LapinKind::RuntimeShutdownError(_)
+        | LapinKind::InvalidConnectionState(_) => true,
+        LapinKind::ProtocolError(amqp) => matches!(amqp.get_id(), 320 | 506),
+        _ => false,
+    }
+}
+
 pub(crate) fn from_lapin(e: lapin::Error) -> Error {
     let (kind, msg, retryable) = match e.kind() {
         LapinKind::IOError(_)

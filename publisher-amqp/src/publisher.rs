@@ -163,12 +163,16 @@ impl AmqpBackend {
 /// `basic_publish` failed: lapin had not written the message when its channel or connection
 /// failed (it resolves a publish once its frames are written), so RabbitMQ does not hold it,
 /// whatever error closed the channel (another message's refusal included): retryable.
+///
+/// `Connect` when the connection itself is gone; `Unavailable` when only the channel closed,
+/// even when RabbitMQ closed it with an access refusal (403) meant for another message.
 fn not_sent(e: lapin::Error) -> Error {
-    let cause = from_lapin(e);
-    let kind = match cause.kind() {
-        ErrorKind::Connect => ErrorKind::Connect,
-        _ => ErrorKind::Unavailable,
+    let kind = if crate::error::connection_lost(&e) {
+        ErrorKind::Connect
+    } else {
+        ErrorKind::Unavailable
     };
+    let cause = from_lapin(e);
     Error::new(
         kind,
         BACKEND,

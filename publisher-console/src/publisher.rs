@@ -32,9 +32,6 @@ struct Output {
     poisoned: bool,
     /// Shut down at close (a file we opened); stdout, stderr and lent writers are only flushed.
     owned: bool,
-    /// Lines handed to the writer since its last successful flush: if the output breaks,
-    /// these may never have reached it.
-    unflushed: usize,
     /// The buffer being written; swapped with the pending one.
     spare: Vec<u8>,
 }
@@ -216,12 +213,12 @@ impl ConsolePublisherBuilder {
                 buf: Vec::with_capacity(BUFFER),
                 lines: 0,
                 broken: false,
+                unflushed: 0,
             })),
             output: Arc::new(Mutex::new(Some(Output {
                 writer: sink,
                 poisoned: false,
                 owned,
-                unflushed: 0,
                 spare: Vec::with_capacity(BUFFER),
             }))),
             seq: AtomicU64::new(0),
@@ -288,7 +285,10 @@ impl ConsoleBackend {
         let (output, pending) = (self.output.clone(), self.pending.clone());
         let limit = self.timeouts.publish;
         self.writes.spawn(async move {
-            match tokio::time::timeout(limit, drain(&output, &pending, false)).await {
+            // Only the write is timed: waiting for the lock behind another write (each one
+            // bounded) is not the output stalling.
+            let mut guard = output.lock().await;
+            match tokio::time::timeout(limit, write_locked(&mut guard, &pending, false)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(backend = BACKEND, error = %e, "console write failed");
@@ -329,6 +329,10 @@ struct Pending {
     lines: usize,
     /// A write failed or was given up: no line is taken any more (it would never be written).
     broken: bool,
+    /// Lines handed to the writer since its last successful flush: if the output breaks, or
+    /// close cannot finish writing, these may never have reached it. Kept here, not under the
+    /// output's lock, so that a close that cannot take that lock can still count them.
+    unflushed: usize,
 }
 
 /// The error of a publish refused because an earlier write failed or stalled.
@@ -369,20 +373,30 @@ async fn drain(
     flush: bool,
 ) -> Result<()> {
     let mut guard = output.lock().await;
-    let out = guard.as_mut().ok_or_else(|| Error::closed(BACKEND))?;
+    write_locked(&mut guard, pending, flush).await
+}
+
+/// [`drain`] once the output's lock is held.
+async fn write_locked(
+    output: &mut Option<Output>,
+    pending: &std::sync::Mutex<Pending>,
+    flush: bool,
+) -> Result<()> {
+    let out = output.as_mut().ok_or_else(|| Error::closed(BACKEND))?;
+    let lock_pending = || pending.lock().unwrap_or_else(|p| p.into_inner());
     if out.poisoned {
-        pending.lock().unwrap_or_else(|p| p.into_inner()).broken = true;
+        lock_pending().broken = true;
         return Err(refused());
     }
     {
         // Swap buffers so both keep their capacity: no allocation in the steady state.
-        let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut p = lock_pending();
         if !flush && p.buf.len() < BUFFER {
             return Ok(());
         }
         out.spare.clear();
         std::mem::swap(&mut out.spare, &mut p.buf);
-        out.unflushed += std::mem::take(&mut p.lines);
+        p.unflushed += std::mem::take(&mut p.lines);
     }
     out.poisoned = true;
     let mut breaks = BreakOnDrop {
@@ -395,7 +409,7 @@ async fn drain(
     }
     if flush {
         out.writer.flush().await.map_err(io_error)?;
-        out.unflushed = 0;
+        lock_pending().unflushed = 0;
     }
     breaks.armed = false;
     out.poisoned = false;
@@ -478,22 +492,35 @@ impl Backend for ConsoleBackend {
     async fn teardown(self: Arc<Self>, td: Teardown) -> Result<usize> {
         let (output, pending) = (&self.output, &self.pending);
         let limit = td.remaining().max(Duration::from_millis(100));
-        // The writes under way first (each bounded by the publish timeout), then the rest.
         let until = tokio::time::Instant::now() + limit;
+        // What was not confirmed written (and flushed) when the close must end.
+        let left = || {
+            let p = pending.lock().unwrap_or_else(|p| p.into_inner());
+            p.unflushed + p.lines
+        };
+        // The writes under way first (each bounded by the publish timeout), then the rest.
         self.writes.close();
         let _ = tokio::time::timeout_at(until, self.writes.wait()).await;
-        let written = tokio::time::timeout_at(until, drain(output, pending, true))
-            .await
-            .map_err(|_| Error::timeout(BACKEND, "close: writing pending lines", limit))?;
-        let mut guard = output.lock().await;
+        let Ok(written) = tokio::time::timeout_at(until, drain(output, pending, true)).await else {
+            tracing::warn!(
+                backend = BACKEND,
+                "close: the output did not take the last lines in time"
+            );
+            return Ok(left());
+        };
+        let Ok(mut guard) = tokio::time::timeout_at(until, output.lock()).await else {
+            return Ok(left());
+        };
         if let Some(mut out) = guard.take() {
             if written.is_ok() && out.owned {
-                out.writer.shutdown().await.map_err(io_error)?;
+                match tokio::time::timeout_at(until, out.writer.shutdown()).await {
+                    Ok(r) => r.map_err(io_error)?,
+                    Err(_) => return Ok(left()),
+                }
             }
             if out.poisoned || written.is_err() {
                 // The output is broken: unflushed and pending lines may never have reached it.
-                let left = pending.lock().unwrap_or_else(|p| p.into_inner()).lines;
-                return Ok(out.unflushed + left);
+                return Ok(left());
             }
         }
         written.map(|()| 0)

@@ -358,3 +358,35 @@ async fn after_a_stalled_write_buffered_publishes_are_refused() {
     let report = p.close().await.unwrap();
     assert!(report.abandoned >= oks, "{report} for {oks} buffered lines");
 }
+
+/// A close while a write is held by the output (a paused reader): bounded, and it reports every
+/// line the output did not take, rather than failing with a timeout that counts nothing.
+#[tokio::test]
+async fn close_during_a_held_write_reports_the_lines_it_could_not_write() {
+    let out = Held::default();
+    let p = ConsolePublisher::builder()
+        .writer(out.clone())
+        .format(Format::Json)
+        .flush(FlushPolicy::Batch)
+        .timeouts(
+            Timeouts::default()
+                .with_publish(Duration::from_secs(5))
+                .with_close(Duration::from_millis(300)),
+        )
+        .build()
+        .unwrap();
+    let payload = "x".repeat(1000);
+    for _ in 0..100 {
+        // Over 64 KiB: a write starts beside the publishes, and the output holds it.
+        p.publish(Event::text("t", payload.clone())).await.unwrap();
+    }
+    let started = Instant::now();
+    let report = p.close().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(report.abandoned, 100, "{report}");
+    assert_eq!(out.bytes.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
