@@ -161,7 +161,27 @@ impl NatsBackend {
         let room = self.config.max_ack_inflight.max(1);
         let mut pending = Vec::with_capacity(events.len().min(room));
         for (i, event) in results.pending(events) {
-            match self.send(&event).await {
+            // No permit free (another batch, or concurrent publishes, hold the rest) while this
+            // batch holds some for PubAcks it has not read: read those first, so that two
+            // batches never wait for each other's permits until the timeout. The send given up
+            // was waiting for a permit or for room in the command queue: nothing was sent.
+            let first = {
+                let mut send = std::pin::pin!(self.send(&event));
+                match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
+                    Poll::Ready(sent) => Some(sent),
+                    Poll::Pending if pending.is_empty() => Some(send.await),
+                    Poll::Pending => None,
+                }
+            };
+            let sent = match first {
+                Some(sent) => sent,
+                None => {
+                    self.await_acks(events, results, std::mem::take(&mut pending))
+                        .await;
+                    self.send(&event).await
+                }
+            };
+            match sent {
                 Ok(ack) => pending.push((i, ack)),
                 Err(e) => results.set(i, Err(e)),
             }

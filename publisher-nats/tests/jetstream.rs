@@ -205,3 +205,48 @@ async fn a_batch_larger_than_max_ack_inflight_goes_through() {
     publisher.close().await.unwrap();
     let _ = js.delete_stream(stream_name(&subject)).await;
 }
+
+/// Two batches at once, each larger than half the permits: each reads its own PubAcks when no
+/// permit is free, instead of both waiting for the other's permits until the publish timeout
+/// (every event then unknown although JetStream stored it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_batches_do_not_wait_for_each_others_permits() {
+    if support::missing() {
+        return;
+    }
+    let url = support::nats_url();
+    let js = connect(&url).await.unwrap();
+    let subject = unique_name("publisher-test.permits");
+    create_stream(&js, &subject).await.unwrap();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let publisher = std::sync::Arc::new(
+        NatsPublisher::from_url(&format!("{url}{separator}max_ack_inflight=20"))
+            .await
+            .unwrap(),
+    );
+    let batch = |n: usize| -> Vec<Event> {
+        (0..n)
+            .map(|i| Event::text(subject.clone(), format!("{i}")))
+            .collect()
+    };
+    let started = std::time::Instant::now();
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let (p, events) = (publisher.clone(), batch(15));
+            tokio::spawn(async move { p.publish_batch(events).await.into_results() })
+        })
+        .collect();
+    for run in runs {
+        let results = run.await.unwrap();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    }
+    // Well under the publish timeout (5 s by default), which a wait for permits would reach.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(read_stream(&js, &subject).await.unwrap().len(), 60);
+    publisher.close().await.unwrap();
+    let _ = js.delete_stream(stream_name(&subject)).await;
+}
