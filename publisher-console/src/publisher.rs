@@ -27,9 +27,6 @@ const MAX_PENDING: usize = 16 * BUFFER;
 
 struct Output {
     writer: Sink,
-    /// Set while a write is under way; still set afterwards if it failed or was cancelled, in
-    /// which case the output may hold a partial line and refuses further writes.
-    poisoned: bool,
     /// Shut down at close (a file we opened); stdout, stderr and lent writers are only flushed.
     owned: bool,
     /// The buffer being written; swapped with the pending one.
@@ -217,7 +214,6 @@ impl ConsolePublisherBuilder {
             })),
             output: Arc::new(Mutex::new(Some(Output {
                 writer: sink,
-                poisoned: false,
                 owned,
                 spare: Vec::with_capacity(BUFFER),
             }))),
@@ -327,7 +323,8 @@ impl ConsoleBackend {
 struct Pending {
     buf: Vec<u8>,
     lines: usize,
-    /// A write failed or was given up: no line is taken any more (it would never be written).
+    /// A write failed or was given up (set by [`BreakOnDrop`]): the output may hold a partial
+    /// line, so nothing is written to it and no line is taken any more.
     broken: bool,
     /// Lines handed to the writer since its last successful flush: if the output breaks, or
     /// close cannot finish writing, these may never have reached it. Kept here, not under the
@@ -384,13 +381,12 @@ async fn write_locked(
 ) -> Result<()> {
     let out = output.as_mut().ok_or_else(|| Error::closed(BACKEND))?;
     let lock_pending = || pending.lock().unwrap_or_else(|p| p.into_inner());
-    if out.poisoned {
-        lock_pending().broken = true;
-        return Err(refused());
-    }
     {
         // Swap buffers so both keep their capacity: no allocation in the steady state.
         let mut p = lock_pending();
+        if p.broken {
+            return Err(refused());
+        }
         if !flush && p.buf.len() < BUFFER {
             return Ok(());
         }
@@ -398,7 +394,6 @@ async fn write_locked(
         std::mem::swap(&mut out.spare, &mut p.buf);
         p.unflushed += std::mem::take(&mut p.lines);
     }
-    out.poisoned = true;
     let mut breaks = BreakOnDrop {
         pending,
         armed: true,
@@ -412,7 +407,6 @@ async fn write_locked(
         lock_pending().unflushed = 0;
     }
     breaks.armed = false;
-    out.poisoned = false;
     Ok(())
 }
 
@@ -471,7 +465,7 @@ impl Backend for ConsoleBackend {
         let started = Instant::now();
         match tokio::time::timeout(self.timeouts.health, self.output.lock()).await {
             Ok(guard) => match guard.as_ref() {
-                Some(out) if !out.poisoned => Health::healthy(
+                Some(_) if !self.pending().broken => Health::healthy(
                     BACKEND,
                     Some(started.elapsed()),
                     format!("writing to {}", self.target),
@@ -518,7 +512,7 @@ impl Backend for ConsoleBackend {
                     Err(_) => return Ok(left()),
                 }
             }
-            if out.poisoned || written.is_err() {
+            if pending.lock().unwrap_or_else(|p| p.into_inner()).broken || written.is_err() {
                 // The output is broken: unflushed and pending lines may never have reached it.
                 return Ok(left());
             }

@@ -220,6 +220,27 @@ async fn lent_writer_is_flushed_not_shut_down() {
     w.write_all(b"owner\n").await.unwrap();
 }
 
+/// JSON lines to `writer` with `flush=batch`.
+fn batch_json(
+    writer: impl AsyncWrite + Send + Unpin + 'static,
+    timeouts: Timeouts,
+) -> ConsolePublisher {
+    ConsolePublisher::builder()
+        .writer(writer)
+        .format(Format::Json)
+        .flush(FlushPolicy::Batch)
+        .timeouts(timeouts)
+        .build()
+        .unwrap()
+}
+
+/// Publish and close timeouts, in milliseconds.
+fn timeouts(publish_ms: u64, close_ms: u64) -> Timeouts {
+    Timeouts::default()
+        .with_publish(Duration::from_millis(publish_ms))
+        .with_close(Duration::from_millis(close_ms))
+}
+
 /// A writer that accepts nothing until released, then everything (a slow disk, a reader that
 /// catches up late).
 #[derive(Clone, Default)]
@@ -273,14 +294,7 @@ impl AsyncWrite for Held {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_flush_publishes_do_not_queue_behind_a_slow_write() {
     let out = Held::default();
-    let p = std::sync::Arc::new(
-        ConsolePublisher::builder()
-            .writer(out.clone())
-            .format(Format::Json)
-            .flush(FlushPolicy::Batch)
-            .build()
-            .unwrap(),
-    );
+    let p = std::sync::Arc::new(batch_json(out.clone(), Timeouts::default()));
     let payload = "x".repeat(1000);
     // About 1.4 MB of lines while the output accepts nothing.
     let total = 1200;
@@ -318,17 +332,7 @@ async fn batch_flush_publishes_do_not_queue_behind_a_slow_write() {
 /// cannot be written.
 #[tokio::test]
 async fn after_a_stalled_write_buffered_publishes_are_refused() {
-    let p = ConsolePublisher::builder()
-        .writer(Stalled)
-        .format(Format::Json)
-        .flush(FlushPolicy::Batch)
-        .timeouts(
-            Timeouts::default()
-                .with_publish(Duration::from_millis(200))
-                .with_close(Duration::from_millis(300)),
-        )
-        .build()
-        .unwrap();
+    let p = batch_json(Stalled, timeouts(200, 300));
     let payload = "x".repeat(1000);
     let mut oks = 0;
     // Buffered until the write behind them stalls past the publish timeout, or until the lines
@@ -364,17 +368,7 @@ async fn after_a_stalled_write_buffered_publishes_are_refused() {
 #[tokio::test]
 async fn close_during_a_held_write_reports_the_lines_it_could_not_write() {
     let out = Held::default();
-    let p = ConsolePublisher::builder()
-        .writer(out.clone())
-        .format(Format::Json)
-        .flush(FlushPolicy::Batch)
-        .timeouts(
-            Timeouts::default()
-                .with_publish(Duration::from_secs(5))
-                .with_close(Duration::from_millis(300)),
-        )
-        .build()
-        .unwrap();
+    let p = batch_json(out.clone(), timeouts(5000, 300));
     let payload = "x".repeat(1000);
     for _ in 0..100 {
         // Over 64 KiB: a write starts beside the publishes, and the output holds it.

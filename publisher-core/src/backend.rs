@@ -42,12 +42,12 @@ pub trait Backend: Debug + Send + Sync + Sized + 'static {
     /// [`Backend::publish_timeout`], with `OutcomeUnknown` when the broker did not confirm in
     /// time, and whether its [`Backend::teardown`] ends every publish still in flight (wakes
     /// it: a purged queue, a dropped client; a publish it cannot wake still ends within its
-    /// publish timeout, with `OutcomeUnknown`, and is counted as abandoned). The gate then sets no timer of its own per publish and no watch on the
-    /// close deadline (a registration and a removal each, per publish, which a client with its
-    /// own per-message timeout already pays); it still reads the abandonment flag before every
-    /// poll, so that nothing is sent after the close deadline, and close runs the teardown as
-    /// soon as the deadline passes. Default: false, and the gate bounds and watches every
-    /// publish.
+    /// publish timeout, with `OutcomeUnknown`, and is counted as abandoned). The gate then sets
+    /// no timer of its own per publish and no watch on the close deadline (a registration and
+    /// a removal each, per publish, which a client with its own per-message timeout already
+    /// pays); it still reads the abandonment flag before every poll, so that nothing is sent
+    /// after the close deadline, and close runs the teardown as soon as the deadline passes.
+    /// Default: false, and the gate bounds and watches every publish.
     fn bounds_itself(&self) -> bool {
         false
     }

@@ -210,11 +210,6 @@ mod tests {
         let e = validate(&Event::new("a", vec![0u8; 2000]), 1024).unwrap_err();
         assert_eq!(e.field(), Some("payload"));
     }
-}
-
-#[cfg(test)]
-mod plain_subject_tests {
-    use super::*;
 
     #[test]
     fn plain_subjects_are_exactly_the_simple_valid_ones() {

@@ -167,7 +167,7 @@ impl NatsBackend {
             // was waiting for a permit or for room in the command queue: nothing was sent.
             let first = {
                 let mut send = std::pin::pin!(self.send(&event));
-                match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
+                match poll_once(send.as_mut()).await {
                     Poll::Ready(sent) => Some(sent),
                     Poll::Pending if pending.is_empty() => Some(send.await),
                     Poll::Pending => None,
@@ -220,6 +220,13 @@ impl NatsBackend {
     }
 }
 
+/// Polls `fut` once, with this task's waker: its output if it is ready at once, `Pending`
+/// otherwise (it can then be polled again, or dropped).
+async fn poll_once<F: Future>(fut: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+    let mut fut = fut;
+    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
+}
+
 impl Backend for NatsBackend {
     type Config = NatsConfig;
     type Builder = NatsPublisherBuilder;
@@ -247,8 +254,7 @@ impl Backend for NatsBackend {
         let event = event.event();
         let started = tokio::time::Instant::now();
         let mut send = std::pin::pin!(self.send(event));
-        let first = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
-        let ack = match first {
+        let ack = match poll_once(send.as_mut()).await {
             Poll::Ready(ack) => ack?,
             Poll::Pending => {
                 // Boxed: rare, and its timer would make every publish's future larger.

@@ -169,6 +169,23 @@ impl Drop for AuthServer {
     }
 }
 
+/// A stream of its own (a unique subject) and a publisher with `permits` PubAcks in flight
+/// (`max_ack_inflight`).
+async fn with_ack_permits(
+    hint: &str,
+    permits: usize,
+) -> (async_nats::jetstream::Context, String, NatsPublisher) {
+    let url = support::nats_url();
+    let js = connect(&url).await.unwrap();
+    let subject = unique_name(hint);
+    create_stream(&js, &subject).await.unwrap();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let publisher = NatsPublisher::from_url(&format!("{url}{separator}max_ack_inflight={permits}"))
+        .await
+        .unwrap();
+    (js, subject, publisher)
+}
+
 /// A batch larger than `max_ack_inflight` (the client's permits for PubAcks in flight) is sent
 /// in rounds that fit: every event confirmed and stored, none waiting forever for a permit.
 #[tokio::test]
@@ -176,14 +193,7 @@ async fn a_batch_larger_than_max_ack_inflight_goes_through() {
     if support::missing() {
         return;
     }
-    let url = support::nats_url();
-    let js = connect(&url).await.unwrap();
-    let subject = unique_name("publisher-test.inflight");
-    create_stream(&js, &subject).await.unwrap();
-    let separator = if url.contains('?') { '&' } else { '?' };
-    let publisher = NatsPublisher::from_url(&format!("{url}{separator}max_ack_inflight=4"))
-        .await
-        .unwrap();
+    let (js, subject, publisher) = with_ack_permits("publisher-test.inflight", 4).await;
     let events: Vec<Event> = (0..25)
         .map(|i| Event::text(subject.clone(), format!("{i}")))
         .collect();
@@ -214,16 +224,8 @@ async fn concurrent_batches_do_not_wait_for_each_others_permits() {
     if support::missing() {
         return;
     }
-    let url = support::nats_url();
-    let js = connect(&url).await.unwrap();
-    let subject = unique_name("publisher-test.permits");
-    create_stream(&js, &subject).await.unwrap();
-    let separator = if url.contains('?') { '&' } else { '?' };
-    let publisher = std::sync::Arc::new(
-        NatsPublisher::from_url(&format!("{url}{separator}max_ack_inflight=20"))
-            .await
-            .unwrap(),
-    );
+    let (js, subject, publisher) = with_ack_permits("publisher-test.permits", 20).await;
+    let publisher = std::sync::Arc::new(publisher);
     let batch = |n: usize| -> Vec<Event> {
         (0..n)
             .map(|i| Event::text(subject.clone(), format!("{i}")))
