@@ -21,7 +21,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "evpub", version, about)]
 struct Cli {
     /// Where to publish: console://stdout, console://stderr, console:///file, memory://,
-    /// redis://…, rediss://…, amqp://…, amqps://…, kafka://host:port,… (several brokers),
+    /// redis://…, rediss://…, redis+cluster://h1:p1,h2:p2,…,
+    /// redis+sentinel://s1:p1,s2:p2,…/master, amqp://…, amqps://…, kafka://host:port,… (several brokers),
     /// nats://…, tls://…. A password in it is never printed.
     #[arg(
         long,

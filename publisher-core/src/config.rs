@@ -171,7 +171,8 @@ impl PoolConfig {
 
 /// `url` with its password replaced by `***`, for `Debug`, `Display` and error messages; a
 /// user name without a password is hidden too (NATS and some hosted brokers take a token
-/// there). A URL that does not parse shows only its scheme, so no secret can leak through it.
+/// there). A URL that does not parse shows only its scheme and, for a list of hosts
+/// (`redis+cluster://***@h1:7000,h2:7001/…`), the hosts, so no secret can leak through it.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) => {
@@ -183,10 +184,42 @@ pub fn redact_url(url: &str) -> String {
             u.to_string()
         }
         Err(_) => match url.split_once("://") {
-            Some((scheme, _)) => format!("{scheme}://<unparseable>"),
+            // A list of hosts (`redis+cluster://u:p@h1:7000,h2:7001`) does not parse as one
+            // URL: its hosts are shown, what precedes the last `@` is hidden, and what follows
+            // the hosts (a path, a query) is elided.
+            Some((scheme, rest)) => {
+                let after_user = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+                let hosts = authority_of(after_user);
+                let listed = !hosts.is_empty()
+                    && hosts
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-_:,[]".contains(&b));
+                let plain_scheme = scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+                if !plain_scheme {
+                    return "<unparseable>".into();
+                }
+                if !listed {
+                    return format!("{scheme}://<unparseable>");
+                }
+                let user = if rest.contains('@') { "***@" } else { "" };
+                let more = if hosts.len() < after_user.len() {
+                    "/…"
+                } else {
+                    ""
+                };
+                format!("{scheme}://{user}{hosts}{more}")
+            }
             None => "<unparseable>".into(),
         },
     }
+}
+
+/// The authority of `rest`, the part of a URL after `scheme://`: up to the first `/`, `?`
+/// or `#`.
+fn authority_of(rest: &str) -> &str {
+    rest.find(['/', '?', '#']).map_or(rest, |end| &rest[..end])
 }
 
 /// Checks one duration is above zero and at most [`MAX_TIMEOUT`]; backends use it for their own
@@ -232,6 +265,24 @@ mod tests {
             redact_url("redis://u:s3cret@bad host"),
             "redis://<unparseable>"
         );
+        // Lists of hosts do not parse as one URL: the hosts show, the secret does not.
+        for (url, shown) in [
+            (
+                "redis+cluster://u:s3cret@h1:7000,h2:7001",
+                "redis+cluster://***@h1:7000,h2:7001",
+            ),
+            (
+                "redis+sentinel://:s3c@ret@[::1]:26379,s2/mymaster?x=s3cret",
+                "redis+sentinel://***@[::1]:26379,s2/…",
+            ),
+            (
+                "redis+cluster://h1:7000,h2:7001",
+                "redis+cluster://h1:7000,h2:7001",
+            ),
+            ("u:s3cret@h:1://x", "<unparseable>"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
     }
 
     #[test]

@@ -9,9 +9,10 @@
 //! returned and check it against what the broker holds ([`History`], [`Verdict`]): mixed good
 //! and bad events at concurrency 1, 64 and 1,024 and in batches, one oversized event among
 //! small ones, a connection cut, a stall past the publish timeout, a close deadline passing
-//! with publishes in flight, and a broker restart. Each prints one line per run
-//! (`history <backend> …: events, ok, found, lost, …`). A harness says which it cannot carry
-//! through [`Harness::bad_event`], [`Harness::broker_addr`] and [`Harness::own_broker`].
+//! with publishes in flight, a broker restart, and a node of a cluster failing. Each prints one
+//! line per run (`history <backend> …: events, ok, found, lost, …`). A harness says which it
+//! cannot carry through [`Harness::bad_event`], [`Harness::broker_addr`],
+//! [`Harness::own_broker`] and [`Harness::own_cluster`].
 //!
 //! ```ignore
 //! struct MyHarness { /* broker client for read-back */ }
@@ -165,6 +166,30 @@ pub trait Harness: Send + Sync {
     async fn proxied_broker(&self) -> Option<Box<dyn OwnBroker>> {
         self.own_broker().await
     }
+
+    /// The `n`th kind of cluster of the test's own (several broker processes on free ports)
+    /// for the node failure scenario, started now; `None` past the last (the default: none).
+    async fn own_cluster(&self, n: usize) -> Option<Box<dyn OwnCluster>> {
+        let _ = n;
+        None
+    }
+}
+
+/// A cluster of the test's own, of which one node can fail (see [`history_node_failure`]).
+#[async_trait]
+pub trait OwnCluster: Send + Sync {
+    /// Publishers (reaching the cluster the way a user would: every node listed, or a
+    /// bootstrap list) and probe on this cluster.
+    fn harness(&self) -> &dyn Harness;
+
+    /// What fails, for the scenario's line (`cluster of 6, a master killed, its replica
+    /// promoted`).
+    fn describe(&self) -> String;
+
+    /// Makes one node fail as a crash would (the one that holds `topic`'s events, where
+    /// that is known), and returns once the cluster has noticed (a replica promoted, a
+    /// leader moved), or after the test's own bound.
+    async fn fail_node(&self, topic: &str);
 }
 
 /// What a [`conformance_tests!`](crate::conformance_tests) harness function returns: a
@@ -267,6 +292,10 @@ pub type ViaFactory = Box<
 pub type OwnBrokerFactory =
     Box<dyn Fn() -> futures::future::BoxFuture<'static, Option<Box<dyn OwnBroker>>> + Send + Sync>;
 
+/// Starts a cluster of the test's own (see [`ProbeHarness::with_own_cluster`]).
+pub type OwnClusterFactory =
+    Box<dyn Fn() -> futures::future::BoxFuture<'static, Option<Box<dyn OwnCluster>>> + Send + Sync>;
+
 /// A [`Harness`] made of a [`Probe`] and a function that opens publishers.
 pub struct ProbeHarness<P> {
     probe: P,
@@ -274,6 +303,7 @@ pub struct ProbeHarness<P> {
     via: Option<ViaFactory>,
     own: Option<OwnBrokerFactory>,
     proxied: Option<OwnBrokerFactory>,
+    clusters: Vec<OwnClusterFactory>,
 }
 
 impl<P> std::fmt::Debug for ProbeHarness<P> {
@@ -296,6 +326,7 @@ impl<P: Probe> ProbeHarness<P> {
             via: None,
             own: None,
             proxied: None,
+            clusters: Vec::new(),
         }
     }
 
@@ -330,6 +361,18 @@ impl<P: Probe> ProbeHarness<P> {
     {
         use futures::FutureExt;
         self.proxied = Some(Box::new(move || start().boxed()));
+        self
+    }
+
+    /// Starts clusters of the test's own for the node failure scenario; call once per kind
+    /// of cluster (they are started one after the other, each when its turn comes).
+    pub fn with_own_cluster<F, Fut>(mut self, start: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Option<Box<dyn OwnCluster>>> + Send + 'static,
+    {
+        use futures::FutureExt;
+        self.clusters.push(Box::new(move || start().boxed()));
         self
     }
 
@@ -386,6 +429,12 @@ impl<P: Probe> Harness for ProbeHarness<P> {
         match &self.proxied {
             Some(start) => start().await,
             None => self.own_broker().await,
+        }
+    }
+    async fn own_cluster(&self, n: usize) -> Option<Box<dyn OwnCluster>> {
+        match self.clusters.get(n) {
+            Some(start) => start().await,
+            None => None,
         }
     }
 }
@@ -1205,16 +1254,57 @@ pub async fn history_broker_restart(h: &dyn Harness) {
     let topic = oh.topic("history-restart").await.expect("topic");
     let p: Arc<dyn Publisher> = Arc::from(publisher(oh).await);
     let scenario = format!("{} broker killed and restarted, c=16", p.backend());
-    let mut records = plan(oh, &topic, &scenario, 3_000, &[], 0);
-    let restarter = own.clone();
-    let restart = Arc::new(std::sync::Mutex::new(None));
-    let handle = restart.clone();
+    let restarting = own.clone();
+    across_fault(oh, p, &topic, scenario, async move {
+        restarting.restart(Duration::from_secs(1)).await;
+    })
+    .await;
+}
+
+/// History across the failure of one node of a cluster of the test's own, once per kind of
+/// cluster the harness can start ([`Harness::own_cluster`]): a Redis Cluster master killed and
+/// its replica promoted, a sentinel-watched master killed, a RabbitMQ node stopped, a Kafka
+/// partition leader's broker taken down. 3,000 good events, 16 in flight, the node failing
+/// after 1,000 acknowledgements: nothing acknowledged is lost, failures are typed and
+/// explained, and the publisher carries on without being rebuilt.
+pub async fn history_node_failure(h: &dyn Harness) {
+    let mut started = 0;
+    while let Some(cluster) = h.own_cluster(started).await {
+        started += 1;
+        let cluster: Arc<dyn OwnCluster> = Arc::from(cluster);
+        let oh = cluster.harness();
+        let topic = oh.topic("history-failover").await.expect("topic");
+        let p: Arc<dyn Publisher> = Arc::from(publisher(oh).await);
+        let scenario = format!("{} {}, c=16", p.backend(), cluster.describe());
+        let (failing, failing_topic) = (cluster.clone(), topic.clone());
+        across_fault(oh, p, &topic, scenario, async move {
+            failing.fail_node(&failing_topic).await;
+        })
+        .await;
+    }
+    if started == 0 {
+        not_carried(h, "node failure", "cannot start a cluster of its own here");
+    }
+}
+
+/// 3,000 good events to `topic`, 16 in flight, `fault` started after the 1,000th
+/// acknowledgement and awaited; then the publisher must recover, and the history hold.
+async fn across_fault(
+    oh: &dyn Harness,
+    p: Arc<dyn Publisher>,
+    topic: &str,
+    scenario: String,
+    fault: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let mut records = plan(oh, topic, &scenario, 3_000, &[], 0);
+    let fault = std::sync::Mutex::new(Some(fault));
+    let started = Arc::new(std::sync::Mutex::new(None));
+    let handle = started.clone();
     let on_ok = Arc::new(move |ok: usize| {
-        if ok == 1_000 {
-            let restarter = restarter.clone();
-            *handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::spawn(async move {
-                restarter.restart(Duration::from_secs(1)).await;
-            }));
+        if ok == 1_000
+            && let Some(fault) = fault.lock().unwrap_or_else(|p| p.into_inner()).take()
+        {
+            *handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::spawn(fault));
         }
     });
     publish_each(
@@ -1225,13 +1315,13 @@ pub async fn history_broker_restart(h: &dyn Harness) {
         Duration::from_millis(500),
     )
     .await;
-    let restarted = restart.lock().unwrap_or_else(|p| p.into_inner()).take();
-    restarted
-        .expect("the broker was never restarted")
+    let fault = started.lock().unwrap_or_else(|p| p.into_inner()).take();
+    fault
+        .expect("the fault was never started")
         .await
-        .expect("restart");
-    assert_recovers(&*p, &topic, &mut records).await;
-    conclude(oh, &*p, &topic, scenario, records, Faults::Injected).await;
+        .expect("the fault panicked");
+    assert_recovers(&*p, topic, &mut records).await;
+    conclude(oh, &*p, topic, scenario, records, Faults::Injected).await;
 }
 
 /// Runs every scenario in turn.
@@ -1276,6 +1366,7 @@ macro_rules! for_each_scenario {
         $callback!(history_stall_past_publish_timeout);
         $callback!(history_close_deadline_in_flight);
         $callback!(history_broker_restart);
+        $callback!(history_node_failure);
     };
     (all: $callback:ident) => {
         $crate::for_each_scenario!(conformance: $callback);

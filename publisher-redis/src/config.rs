@@ -8,6 +8,7 @@ use publisher_core::{Error, PoolConfig, RedactedUrl, Result, Timeouts, UrlOption
 use serde::{Deserialize, Serialize};
 
 use crate::BACKEND;
+use crate::topology::{self, Kind, Scheme};
 
 /// Redis refuses bulk strings over 512 MiB (`proto-max-bulk-len`).
 pub const REDIS_MAX_BULK: usize = 512 * 1024 * 1024;
@@ -43,7 +44,12 @@ pub enum PubsubFormat {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host[:port][/db]` or `rediss://…` (feature `tls`).
+    /// `redis://[user:password@]host[:port][/db]` or `rediss://…` (feature `tls`); a Redis
+    /// Cluster as `redis+cluster://[user:password@]host[:port][,host[:port]…]` (any nodes of
+    /// it: the first that answers tells the rest); a master looked up through sentinels as
+    /// `redis+sentinel://[user:password@]host[:port][,host[:port]…]/master[/db]` (the user and
+    /// password are the Redis nodes', the sentinels are asked without; sentinel port 26379 by
+    /// default). `rediss+cluster://` and `rediss+sentinel://` with feature `tls`.
     /// Default: `redis://127.0.0.1:6379`.
     pub url: RedactedUrl,
     /// Streams or pub/sub. Default: stream.
@@ -119,7 +125,8 @@ fn bad(field: &'static str, msg: impl Into<String>) -> Error {
 
 impl RedisConfig {
     /// Parses a URL: `redis://[user:password@]host[:port][/db]` (or `rediss://` with feature
-    /// `tls`) with optional query parameters `mode=stream|pubsub`, `maxlen=N`,
+    /// `tls`, or a cluster's or sentinels' list of hosts: see [`RedisConfig::url`]) with
+    /// optional query parameters `mode=stream|pubsub`, `maxlen=N`,
     /// `format=envelope|payload`, `min_receivers=N`, `max_payload_bytes=N`,
     /// `wait_replicas=N`, `wait_timeout=500ms`, `health_interval=30s`, `pool_max_size=N`, and
     /// redis-rs's own `protocol=resp2|resp3`.
@@ -128,12 +135,21 @@ impl RedisConfig {
     /// # Errors
     /// `Config` naming `url` or the parameter at fault.
     pub fn from_url(url: &str) -> Result<Self> {
-        let mut parsed = url::Url::parse(url).map_err(|e| {
-            bad("url", format!("malformed Redis URL `{}`", redact(url))).with_source(e)
-        })?;
-        check_scheme(parsed.scheme())?;
+        let scheme = check_scheme(url)?;
+        // A list of hosts is not one URL to url's parser: the query is split off by hand and
+        // the hosts are checked one by one (`topology::hosts`).
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let single = match scheme.kind {
+            Kind::Single => Some(url::Url::parse(url).map_err(|e| {
+                bad("url", format!("malformed Redis URL `{}`", redact(url))).with_source(e)
+            })?),
+            _ => {
+                topology::hosts(url, scheme)?;
+                None
+            }
+        };
         let mut cfg = RedisConfig::default();
-        let mut options = UrlOptions::parse(BACKEND, parsed.query().unwrap_or(""))?;
+        let mut options = UrlOptions::parse(BACKEND, query)?;
         if let Some(mode) = options.take("mode") {
             cfg.mode = match mode.as_str() {
                 "stream" => Mode::Stream,
@@ -192,13 +208,32 @@ impl RedisConfig {
             .chain([PROTOCOL])
             .collect();
         options.finish(&known)?;
-        if passthrough.is_empty() {
-            parsed.set_query(None);
-        } else {
-            parsed.query_pairs_mut().clear().extend_pairs(passthrough);
-        }
-        cfg.url = parsed.to_string().into();
+        cfg.url = match single {
+            Some(mut parsed) => {
+                if passthrough.is_empty() {
+                    parsed.set_query(None);
+                } else {
+                    parsed.query_pairs_mut().clear().extend_pairs(passthrough);
+                }
+                parsed.to_string().into()
+            }
+            None => {
+                let query: String = url::form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(passthrough)
+                    .finish();
+                if query.is_empty() {
+                    base.into()
+                } else {
+                    format!("{base}?{query}").into()
+                }
+            }
+        };
         Ok(cfg)
+    }
+
+    /// How the URL reaches Redis: one server, a cluster, or sentinels.
+    pub fn kind(&self) -> Kind {
+        Scheme::of(self.url.expose()).map_or(Kind::Single, |s| s.kind)
     }
 
     /// Checks every field.
@@ -206,17 +241,23 @@ impl RedisConfig {
     /// # Errors
     /// `Config` naming the field at fault.
     pub fn validate(&self) -> Result<()> {
-        let parsed = url::Url::parse(self.url.expose()).map_err(|e| {
-            bad("url", format!("malformed Redis URL `{}`", self.url)).with_source(e)
-        })?;
-        check_scheme(parsed.scheme())?;
-        if parsed.host_str().is_none_or(str::is_empty) {
-            return Err(bad("url", "the URL has no host"));
+        let url = self.url.expose();
+        let scheme = check_scheme(url)?;
+        if scheme.kind == Kind::Single {
+            let parsed = url::Url::parse(url).map_err(|e| {
+                bad("url", format!("malformed Redis URL `{}`", self.url)).with_source(e)
+            })?;
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err(bad("url", "the URL has no host"));
+            }
+        } else {
+            topology::hosts(url, scheme)?;
         }
         // A URL that reached us through a config file or the environment (not `from_url`) still
         // carries its query: ours would be silently ignored by redis-rs, so they are refused
         // with the field to set instead.
-        for (k, v) in parsed.query_pairs() {
+        let query = url.split_once('?').map_or("", |(_, q)| q);
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
             match k.as_ref() {
                 PROTOCOL => check_protocol(&v)?,
                 ours if OUR_PARAMS.iter().any(|(p, _)| *p == ours) => {
@@ -249,6 +290,13 @@ impl RedisConfig {
         }
         if let Some(interval) = self.health_interval {
             check_timeout(BACKEND, "health_interval", interval)?;
+        }
+        if scheme.kind == Kind::Cluster && self.min_receivers > 0 {
+            return Err(bad(
+                "min_receivers",
+                "in a Redis Cluster, PUBLISH answers with the subscribers of the one node that \
+                 took it, not of the cluster: min_receivers cannot be checked there",
+            ));
         }
         if self.wait_replicas > 0 {
             if self.mode != Mode::Stream {
@@ -312,17 +360,29 @@ fn check_protocol(v: &str) -> Result<()> {
     }
 }
 
-fn check_scheme(scheme: &str) -> Result<()> {
-    match scheme {
-        "redis" => Ok(()),
-        "rediss" if cfg!(feature = "tls") => Ok(()),
-        "rediss" => Err(bad(
+/// The URL's scheme, refused when unknown or when it needs TLS and the `tls` feature is off.
+fn check_scheme(url: &str) -> Result<Scheme> {
+    let Some((name, _)) = url.split_once("://") else {
+        return Err(bad(
             "url",
-            "rediss:// needs TLS support: enable the `tls` feature of publisher-redis",
+            format!(
+                "`{}` is not a Redis URL: expected redis://host:port",
+                redact(url)
+            ),
+        ));
+    };
+    match Scheme::of(url) {
+        Some(scheme) if scheme.tls && !cfg!(feature = "tls") => Err(bad(
+            "url",
+            format!("{name}:// needs TLS support: enable the `tls` feature of publisher-redis"),
         )),
-        other => Err(bad(
+        Some(scheme) => Ok(scheme),
+        None => Err(bad(
             "url",
-            format!("unsupported scheme `{other}://`: expected redis:// or rediss://"),
+            format!(
+                "unsupported scheme `{name}://`: expected redis://, rediss://, redis+cluster://, \
+                 rediss+cluster://, redis+sentinel:// or rediss+sentinel://"
+            ),
         )),
     }
 }
@@ -398,6 +458,67 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap();
+    }
+
+    #[test]
+    fn cluster_and_sentinel_urls_list_their_hosts() {
+        let c = RedisConfig::from_url(
+            "redis+cluster://u:p%40ss@10.0.0.1:7000,[::1]:7001,node3?protocol=resp3&maxlen=5",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.kind(), Kind::Cluster);
+        assert_eq!(c.maxlen, Some(5));
+        let hosts = topology::hosts(c.url.expose(), Scheme::of(c.url.expose()).unwrap()).unwrap();
+        assert_eq!(
+            hosts.nodes,
+            [
+                "redis://u:p%40ss@10.0.0.1:7000?protocol=resp3",
+                "redis://u:p%40ss@[::1]:7001?protocol=resp3",
+                "redis://u:p%40ss@node3:6379?protocol=resp3",
+            ]
+        );
+        assert!(!format!("{c:?}").contains("p%40ss"), "{c:?}");
+        assert!(!c.to_string().contains("p%40ss"), "{c}");
+
+        let c = RedisConfig::from_url("redis+sentinel://:s3cret@s1,s2:26380/mymaster/2").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.kind(), Kind::Sentinel);
+        let hosts = topology::hosts(c.url.expose(), Scheme::of(c.url.expose()).unwrap()).unwrap();
+        assert_eq!(hosts.nodes, ["redis://s1:26379", "redis://s2:26380"]);
+        assert_eq!(hosts.master.as_deref(), Some("mymaster"));
+        assert_eq!(hosts.db, 2);
+        assert_eq!(hosts.password.as_deref(), Some("s3cret"));
+        assert!(!format!("{hosts:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn bad_cluster_and_sentinel_urls_name_the_field() {
+        for url in [
+            "redis+cluster://",
+            "redis+cluster://h1,,h2",
+            "redis+cluster://h1:port",
+            "redis+cluster://h1/3",
+            "redis+sentinel://s1",
+            "redis+sentinel://s1/m/db",
+            "redis+sentinel://s1/m/1/x",
+            "redis+cluster://h1#frag",
+            "redis+mesh://h1",
+        ] {
+            let e = RedisConfig::from_url(url).unwrap_err();
+            assert_eq!(
+                (e.kind(), e.field()),
+                (ErrorKind::Config, Some("url")),
+                "{url}: {e}"
+            );
+        }
+        let e = RedisConfig::from_url("redis+cluster://h1?mode=pubsub&min_receivers=1")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field(), Some("min_receivers"), "{e}");
+        let e = RedisConfig::from_url("redis+cluster://u:s3cret@h1,h2:bad").unwrap_err();
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 
     #[test]

@@ -43,6 +43,22 @@ pub(crate) fn from_redis(e: RedisError) -> Error {
             "Redis refused the credentials".to_owned(),
             false,
         )
+    } else if matches!(
+        e.kind(),
+        redis::ErrorKind::MasterNameNotFoundBySentinel
+            | redis::ErrorKind::NoValidReplicasFoundBySentinel
+    ) {
+        (
+            ErrorKind::Unavailable,
+            "no sentinel names a reachable master (a failover may be under way)".to_owned(),
+            true,
+        )
+    } else if e.kind() == redis::ErrorKind::ClusterConnectionNotFound {
+        (
+            ErrorKind::Connect,
+            "no connection to the cluster node serving the key".to_owned(),
+            true,
+        )
     } else if e.kind() == redis::ErrorKind::InvalidClientConfig {
         (
             ErrorKind::Config,
@@ -71,7 +87,11 @@ pub(crate) fn from_redis(e: RedisError) -> Error {
             )
         }
     } else {
-        (ErrorKind::Other, "Redis command failed".to_owned(), false)
+        (
+            ErrorKind::Other,
+            format!("Redis command failed ({})", e.category()),
+            false,
+        )
     };
     Error::new(kind, BACKEND, msg)
         .with_retryable(retryable)

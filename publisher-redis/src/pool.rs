@@ -8,19 +8,32 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use publisher_core::{PoolConfig, Result, SharedHandle};
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::SentinelClient;
+use redis::{AsyncConnectionConfig, Client, RedisError, RedisFuture, Value};
 
-use crate::error::from_pool;
+use crate::error::{from_pool, from_redis};
 
 /// Pooled connections idle for longer than this are checked with a PING before reuse.
 const VERIFY_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Opens and checks redis-rs multiplexed connections with our connect and response timeouts.
 pub struct RedisManager {
-    client: Client,
+    endpoint: Endpoint,
     config: AsyncConnectionConfig,
     pings: AtomicUsize,
+}
+
+/// Where a new connection goes.
+pub(crate) enum Endpoint {
+    /// The URL's one server.
+    Node(Client),
+    /// The master the sentinels name at the time of connecting: asked again for every new
+    /// connection, so a connection replaced after a failover (the old master answers
+    /// `READONLY` or is gone) goes to the new master.
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
 }
 
 impl std::fmt::Debug for RedisManager {
@@ -31,9 +44,9 @@ impl std::fmt::Debug for RedisManager {
 }
 
 impl RedisManager {
-    pub(crate) fn new(client: Client, config: AsyncConnectionConfig) -> Self {
+    pub(crate) fn new(endpoint: Endpoint, config: AsyncConnectionConfig) -> Self {
         Self {
-            client,
+            endpoint,
             config,
             pings: AtomicUsize::new(0),
         }
@@ -108,10 +121,20 @@ impl managed::Manager for RedisManager {
     type Error = RedisError;
 
     async fn create(&self) -> Result<PooledConnection, RedisError> {
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
+        let conn = match &self.endpoint {
+            Endpoint::Node(client) => {
+                client
+                    .get_multiplexed_async_connection_with_config(&self.config)
+                    .await?
+            }
+            Endpoint::Sentinel(sentinels) => {
+                sentinels
+                    .lock()
+                    .await
+                    .get_async_connection_with_config(&self.config)
+                    .await?
+            }
+        };
         Ok(PooledConnection::new(conn))
     }
 
@@ -155,6 +178,63 @@ pub(crate) enum Source {
     Owned(Owned),
     /// The caller's: never closed by us.
     Lent(deadpool_redis::Pool),
+    /// A Redis Cluster: one cluster connection (itself a multiplexed connection per node),
+    /// closed at close.
+    Cluster(Box<ClusterSource>),
+}
+
+/// The cluster connection publishes share, replaced when it failed at the connection level.
+///
+/// redis-rs's cluster connection reconnects to a node and reads the slot map again on its
+/// own, but only while it may retry, and its retries re-send commands (see
+/// `topology::cluster_client`): with them off, a connection that failed is replaced whole,
+/// which reads the slot map from the first node that answers.
+pub(crate) struct ClusterSource {
+    client: ClusterClient,
+    shared: SharedHandle<ClusterHandle>,
+    closed: AtomicBool,
+}
+
+impl ClusterSource {
+    pub(crate) fn new(client: ClusterClient) -> Self {
+        Self {
+            client,
+            shared: SharedHandle::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    async fn get(&self) -> Result<ClusterHandle> {
+        self.shared
+            .get_or_replace(ClusterHandle::usable, || async {
+                if self.closed.load(Ordering::Acquire) {
+                    return Err(publisher_core::Error::closed(crate::BACKEND));
+                }
+                let conn = self
+                    .client
+                    .get_async_connection()
+                    .await
+                    .map_err(from_redis)?;
+                Ok(ClusterHandle {
+                    conn,
+                    broken: Arc::new(AtomicBool::new(false)),
+                })
+            })
+            .await
+    }
+}
+
+/// A shared cluster connection and the flag publishes raise when it failed.
+#[derive(Clone)]
+pub(crate) struct ClusterHandle {
+    conn: ClusterConnection,
+    broken: Arc<AtomicBool>,
+}
+
+impl ClusterHandle {
+    fn usable(&self) -> bool {
+        !self.broken.load(Ordering::Relaxed)
+    }
 }
 
 /// Our pool, and the connection publishes share while it is fresh.
@@ -187,6 +267,9 @@ impl std::fmt::Debug for Source {
         let (kind, status) = match self {
             Source::Owned(o) => ("owned", o.pool.status()),
             Source::Lent(p) => ("lent", p.status()),
+            Source::Cluster(_) => {
+                return f.debug_struct("Pool").field("kind", &"cluster").finish();
+            }
         };
         f.debug_struct("Pool")
             .field("kind", &kind)
@@ -206,6 +289,7 @@ impl std::fmt::Debug for Source {
 pub(crate) enum Conn {
     Shared(PooledConnection),
     Lent(deadpool_redis::Connection),
+    Cluster(ClusterHandle),
 }
 
 impl Conn {
@@ -214,6 +298,20 @@ impl Conn {
         match self {
             Conn::Shared(p) => p.health.broken.store(true, Ordering::Relaxed),
             Conn::Lent(c) => drop(deadpool_redis::Connection::take(c)),
+            Conn::Cluster(c) => c.broken.store(true, Ordering::Relaxed),
+        }
+    }
+
+    /// Whether this is a cluster connection.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+
+    /// The cluster connection, to route a command to chosen nodes.
+    pub(crate) fn cluster(&mut self) -> Option<&mut ClusterConnection> {
+        match self {
+            Conn::Cluster(c) => Some(&mut c.conn),
+            _ => None,
         }
     }
 
@@ -223,11 +321,37 @@ impl Conn {
             p.touch();
         }
     }
+}
 
-    pub(crate) fn get(&mut self) -> &mut MultiplexedConnection {
+/// Commands and pipelines go to the connection a [`Conn`] holds (a cluster connection routes
+/// them by their key's hash slot).
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Shared(p) => &mut p.conn,
-            Conn::Lent(c) => c.deref_mut(),
+            Conn::Shared(p) => p.conn.req_packed_command(cmd),
+            Conn::Lent(c) => c.deref_mut().req_packed_command(cmd),
+            Conn::Cluster(c) => c.conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Shared(p) => p.conn.req_packed_commands(cmd, offset, count),
+            Conn::Lent(c) => c.deref_mut().req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Shared(p) => p.conn.get_db(),
+            Conn::Lent(c) => c.get_db(),
+            Conn::Cluster(c) => c.conn.get_db(),
         }
     }
 }
@@ -236,10 +360,19 @@ impl Source {
     /// A connection: the shared one while it is fresh, otherwise one from the pool, waiting at
     /// most the pool's wait timeout.
     pub(crate) async fn get(&self, cfg: &PoolConfig) -> Result<Conn> {
-        if let Source::Owned(o) = self
-            && let Some(c) = o.fresh()
-        {
-            return Ok(Conn::Shared(c));
+        match self {
+            Source::Owned(o) => {
+                if let Some(c) = o.fresh() {
+                    return Ok(Conn::Shared(c));
+                }
+            }
+            Source::Cluster(c) => {
+                if let Some(h) = c.shared.usable(ClusterHandle::usable) {
+                    return Ok(Conn::Cluster(h));
+                }
+                return Box::pin(c.get()).await.map(Conn::Cluster);
+            }
+            Source::Lent(_) => {}
         }
         // The pool's futures are large (they hold connection setup): boxed, so that only this
         // path pays for them and every publish's future stays small.
@@ -266,14 +399,24 @@ impl Source {
                 .await
                 .map(Conn::Lent)
                 .map_err(from_pool),
+            Source::Cluster(c) => c.get().await.map(Conn::Cluster),
         }
     }
 
     /// Closes our pool and lets go of the shared connection (a lent pool is left alone).
     pub(crate) fn close_if_owned(&self) {
-        if let Source::Owned(o) = self {
-            o.shared.take();
-            o.pool.close();
+        match self {
+            Source::Owned(o) => {
+                o.shared.take();
+                o.pool.close();
+            }
+            Source::Cluster(c) => {
+                c.closed.store(true, Ordering::Release);
+                // The last clone's drop ends the connection's task; publishes that still hold
+                // one finish (or time out) first.
+                c.shared.take();
+            }
+            Source::Lent(_) => {}
         }
     }
 }

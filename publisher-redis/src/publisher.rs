@@ -1,5 +1,6 @@
 //! [`RedisPublisher`].
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,8 @@ use crate::BACKEND;
 use crate::config::{Mode, PubsubFormat, RedisConfig};
 use crate::error::{from_command, from_redis};
 use crate::mapping::{add_stream_fields, stream_entry_size};
-use crate::pool::{Owned, Pool, RedisManager, Source};
+use crate::pool::{ClusterSource, Conn, Endpoint, Owned, Pool, RedisManager, Source};
+use crate::topology::{self, Kind, Scheme};
 
 /// Publishes to Redis streams (`XADD`, the default) or pub/sub channels (`PUBLISH`) through a
 /// bounded connection pool.
@@ -107,23 +109,41 @@ impl RedisPublisherBuilder {
                  Tokio runtime, or leave health_interval unset",
             ));
         }
-        let source = match self.pool {
-            Some(pool) => Source::Lent(pool),
-            None => {
-                let client = Client::open(config.url.expose()).map_err(|e| {
-                    Error::config(
-                        BACKEND,
-                        "url",
-                        format!("invalid Redis URL `{}`: {:?}", config.url, e.kind()),
-                    )
-                })?;
+        let invalid = |e: redis::RedisError| {
+            Error::config(
+                BACKEND,
+                "url",
+                format!("invalid Redis URL `{}`: {:?}", config.url, e.kind()),
+            )
+        };
+        let scheme = Scheme::of(config.url.expose()).unwrap_or(Scheme {
+            kind: Kind::Single,
+            tls: false,
+        });
+        let source = match (self.pool, scheme.kind) {
+            (Some(pool), _) => Source::Lent(pool),
+            (None, Kind::Cluster) => {
+                let hosts = topology::hosts(config.url.expose(), scheme)?;
+                let client =
+                    topology::cluster_client(&hosts, config.timeouts.connect).map_err(invalid)?;
+                Source::Cluster(Box::new(ClusterSource::new(client)))
+            }
+            (None, kind) => {
+                let endpoint = if kind == Kind::Sentinel {
+                    let hosts = topology::hosts(config.url.expose(), scheme)?;
+                    Endpoint::Sentinel(tokio::sync::Mutex::new(
+                        topology::sentinel_client(&hosts, scheme).map_err(invalid)?,
+                    ))
+                } else {
+                    Endpoint::Node(Client::open(config.url.expose()).map_err(invalid)?)
+                };
                 let conn_config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(config.timeouts.connect))
                     // Every command runs inside the close gate's publish (or health) timeout,
                     // which also covers the pool wait: a second timer per command would only
                     // cost time.
                     .set_response_timeout(None);
-                let pool = Pool::builder(RedisManager::new(client, conn_config))
+                let pool = Pool::builder(RedisManager::new(endpoint, conn_config))
                     .max_size(config.pool.max_size)
                     // Last in, first out: a publish takes the connection the previous one just
                     // gave back, so publishes pipeline on as few connections as the load needs
@@ -259,7 +279,7 @@ impl RedisBackend {
     async fn run(&self, pipe: &redis::Pipeline) -> Result<Vec<RedisResult<redis::Value>>> {
         let mut conn = self.source.get(&self.config.pool).await?;
         let replies = pipe
-            .query_async::<Vec<RedisResult<redis::Value>>>(conn.get())
+            .query_async::<Vec<RedisResult<redis::Value>>>(&mut conn)
             .await;
         match &replies {
             Err(e) if broken(e) => conn.discard(),
@@ -269,6 +289,44 @@ impl RedisBackend {
             _ => conn.touch(),
         }
         replies.map_err(from_command)
+    }
+
+    /// Sends one event's command (with `WAIT` when asked) and reads its position.
+    async fn publish_once(&self, event: &Event) -> Result<Position> {
+        let cmd = self.command(event);
+        if self.config.wait_replicas > 0 {
+            return self.publish_waiting(event, cmd).await;
+        }
+        let mut conn = self.source.get(&self.config.pool).await?;
+        let reply = cmd.query_async::<redis::Value>(&mut conn).await;
+        match &reply {
+            Err(e) if broken(e) => conn.discard(),
+            _ => conn.touch(),
+        }
+        self.position(event, reply)
+    }
+
+    /// One event to a cluster: sent again, after a pause, while Redis answers that it did not
+    /// run it (the slot moved, `MOVED`/`ASK`; the cluster is changing, `TRYAGAIN`,
+    /// `CLUSTERDOWN`, `MASTERDOWN`, `LOADING`; no connection to the slot's node) and half the
+    /// publish timeout has not passed; then that answer is the publish's error. redis-rs reads
+    /// the slot map again on a redirect, so the next attempt goes to the slot's new master. A
+    /// command that may have run (a connection lost after it was written) is never sent again:
+    /// its outcome is unknown.
+    async fn publish_in_cluster(&self, event: &Event) -> Result<Position> {
+        let started = Instant::now();
+        let give_up = self.config.timeouts.publish / 2;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let outcome = self.publish_once(event).await;
+            match &outcome {
+                Err(e) if not_run(e) && started.elapsed() + pause < give_up => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                _ => return outcome,
+            }
+        }
     }
 
     /// `XADD` then `WAIT`, pipelined on one connection: `WAIT` counts the replicas that hold
@@ -318,7 +376,10 @@ impl RedisBackend {
         let started = Instant::now();
         let check = async {
             let mut conn = self.source.get(&self.config.pool).await?;
-            let pong = redis::cmd("PING").query_async::<String>(conn.get()).await;
+            if conn.is_cluster() {
+                return cluster_state(conn).await;
+            }
+            let pong = redis::cmd("PING").query_async::<String>(&mut conn).await;
             match &pong {
                 Err(e) if broken(e) => conn.discard(),
                 _ => conn.touch(),
@@ -366,6 +427,79 @@ fn short_pipeline(got: usize, sent: usize) -> Error {
     )
 }
 
+/// Whether Redis answered without running the command (so sending it again cannot make a
+/// second entry): a cluster's redirection or refusal while it changes, or no connection to
+/// the node.
+fn not_run(e: &Error) -> bool {
+    let Some(redis) =
+        std::error::Error::source(e).and_then(|s| s.downcast_ref::<redis::RedisError>())
+    else {
+        return false;
+    };
+    redis.is_connection_refusal()
+        || redis.kind() == redis::ErrorKind::ClusterConnectionNotFound
+        || matches!(
+            redis.code(),
+            Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "LOADING")
+        )
+}
+
+/// A cluster's health: `CLUSTER INFO` from every master, each of which must say
+/// `cluster_state:ok` (a node that sees a slot without a reachable master says `fail`).
+async fn cluster_state(mut conn: Conn) -> Result<String> {
+    use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+    let Some(cluster) = conn.cluster() else {
+        return Err(Error::new(
+            ErrorKind::Other,
+            BACKEND,
+            "not a cluster connection",
+        ));
+    };
+    let mut info = redis::cmd("CLUSTER");
+    info.arg("INFO");
+    let replies = cluster
+        .route_command(
+            info,
+            RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+        )
+        .await;
+    let replies = match replies {
+        Ok(redis::Value::Map(replies)) => replies,
+        Ok(other) => vec![(redis::Value::Nil, other)],
+        Err(e) => {
+            if broken(&e) {
+                conn.discard();
+            }
+            return Err(from_redis(e));
+        }
+    };
+    let mut failing = Vec::new();
+    for (node, reply) in &replies {
+        let node: String = redis::from_redis_value_ref(node).unwrap_or_else(|_| "a node".into());
+        let text: String = redis::from_redis_value_ref(reply).unwrap_or_default();
+        if !text.lines().any(|l| l.trim() == "cluster_state:ok") {
+            failing.push(node);
+        }
+    }
+    if failing.is_empty() {
+        Ok(format!(
+            "cluster_state:ok on every master ({})",
+            replies.len()
+        ))
+    } else {
+        Err(Error::new(
+            ErrorKind::Unavailable,
+            BACKEND,
+            format!(
+                "cluster_state is not ok on {} of {} master(s): {}",
+                failing.len(),
+                replies.len(),
+                failing.join(", ")
+            ),
+        ))
+    }
+}
+
 /// Whether the connection must be replaced: it failed, or it leads to a server that no longer
 /// takes writes (`READONLY`: a primary demoted to replica by a failover; `MASTERDOWN`), so
 /// that the next publish connects again (through the URL's name or proxy, to the new primary).
@@ -393,54 +527,33 @@ impl Backend for RedisBackend {
 
     async fn publish(&self, event: Checked<'_>) -> Result<Position> {
         let event = event.event();
-        let cmd = self.command(event);
-        if self.config.wait_replicas > 0 {
-            return self.publish_waiting(event, cmd).await;
+        if let Source::Cluster(_) = self.source {
+            return self.publish_in_cluster(event).await;
         }
-        let mut conn = self.source.get(&self.config.pool).await?;
-        let reply = cmd.query_async::<redis::Value>(conn.get()).await;
-        match &reply {
-            Err(e) if broken(e) => conn.discard(),
-            _ => conn.touch(),
-        }
-        self.position(event, reply)
+        self.publish_once(event).await
     }
 
     async fn publish_batch(&self, events: &[Event], results: &BatchResults) -> Result<()> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        let mut sent = Vec::with_capacity(events.len());
-        for (i, event) in results.pending(events) {
-            pipe.add_command(self.command(&event));
-            sent.push(i);
-        }
-        if sent.is_empty() {
+        let pending: Vec<usize> = results.pending(events).map(|(i, _)| i).collect();
+        if let Source::Cluster(_) = self.source {
+            // One pipeline per stream (one key, so one slot and one node, in order), all at
+            // once. A stream with one event is sent as a single publish, which is sent again
+            // when Redis answered without running it.
+            let mut streams: HashMap<&str, Vec<usize>> = HashMap::new();
+            for i in pending {
+                streams.entry(events[i].topic()).or_default().push(i);
+            }
+            let sends = streams.into_values().map(|sent| async move {
+                match sent[..] {
+                    [i] => results.set(i, self.publish_in_cluster(&events[i]).await),
+                    _ => self.publish_pipelined(events, sent, results).await,
+                }
+            });
+            futures::future::join_all(sends).await;
             return Ok(());
         }
-        let waiting = self.config.wait_replicas > 0;
-        if waiting {
-            pipe.add_command(self.wait_command());
-        }
-        let mut replies = self.run(&pipe).await?;
-        let expected = sent.len() + usize::from(waiting);
-        if replies.len() != expected {
-            let e = short_pipeline(replies.len(), expected);
-            for i in sent {
-                results.set(i, Err(e.clone()));
-            }
-            return Ok(());
-        }
-        let replicated = match replies.pop() {
-            Some(reply) if waiting => self.replicated(reply),
-            Some(reply) => {
-                replies.push(reply);
-                Ok(())
-            }
-            None => Ok(()),
-        };
-        for (i, reply) in sent.into_iter().zip(replies) {
-            let outcome = self.position(&events[i], reply);
-            results.set(i, outcome.and_then(|p| replicated.clone().map(|()| p)));
+        if !pending.is_empty() {
+            self.publish_pipelined(events, pending, results).await;
         }
         Ok(())
     }
@@ -460,5 +573,62 @@ impl Backend for RedisBackend {
 
     async fn connect(config: RedisConfig) -> Result<RedisPublisher> {
         RedisPublisherBuilder::default().config(config).build()
+    }
+}
+
+impl RedisBackend {
+    /// Sends the events `sent` of `events` in one pipeline (with one `WAIT` after them when
+    /// asked) and records each one's result.
+    async fn publish_pipelined(&self, events: &[Event], sent: Vec<usize>, results: &BatchResults) {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for &i in &sent {
+            pipe.add_command(self.command(&events[i]));
+        }
+        let waiting = self.config.wait_replicas > 0;
+        if waiting {
+            pipe.add_command(self.wait_command());
+        }
+        let mut replies = match self.run(&pipe).await {
+            Ok(replies) => replies,
+            Err(e) => {
+                // redis-rs answers a cluster pipeline with one error when any of its replies
+                // redirects or refuses: the commands before it may have run.
+                let e = if not_run(&e) && matches!(self.source, Source::Cluster(_)) {
+                    Error::outcome_unknown(
+                        BACKEND,
+                        "the cluster redirected or refused part of a pipeline; which of its \
+                         commands ran is unknown",
+                    )
+                    .with_source(e)
+                } else {
+                    e
+                };
+                for i in sent {
+                    results.set(i, Err(e.clone()));
+                }
+                return;
+            }
+        };
+        let expected = sent.len() + usize::from(waiting);
+        if replies.len() != expected {
+            let e = short_pipeline(replies.len(), expected);
+            for i in sent {
+                results.set(i, Err(e.clone()));
+            }
+            return;
+        }
+        let replicated = match replies.pop() {
+            Some(reply) if waiting => self.replicated(reply),
+            Some(reply) => {
+                replies.push(reply);
+                Ok(())
+            }
+            None => Ok(()),
+        };
+        for (i, reply) in sent.into_iter().zip(replies) {
+            let outcome = self.position(&events[i], reply);
+            results.set(i, outcome.and_then(|p| replicated.clone().map(|()| p)));
+        }
     }
 }

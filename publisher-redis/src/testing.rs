@@ -12,31 +12,63 @@ use publisher_core::{Error, ErrorKind, Event, Result, async_trait};
 
 use crate::BACKEND;
 use crate::mapping::event_from_stream_fields;
+use crate::topology::{self, AnyConnection, Kind, Scheme};
 
 fn probe_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::new(ErrorKind::Other, BACKEND, "probe failed").with_source(e)
 }
 
-/// A multiplexed connection for reading back.
+/// A connection for reading back, by the same URL forms as the publisher's: one node, a
+/// cluster (redis-rs's cluster connection with its own retries: reads may be sent twice), or
+/// the master the sentinels name.
 ///
 /// # Errors
 /// When Redis cannot be reached.
-pub async fn connect(url: &str) -> Result<redis::aio::MultiplexedConnection> {
+pub async fn connect(url: &str) -> Result<AnyConnection> {
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(Duration::from_secs(30)));
-    redis::Client::open(url)
-        .map_err(probe_error)?
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(probe_error)
+    let scheme = Scheme::of(url)
+        .ok_or_else(|| Error::new(ErrorKind::Config, BACKEND, "probe: not a Redis URL"))?;
+    match scheme.kind {
+        Kind::Single => redis::Client::open(url)
+            .map_err(probe_error)?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map(AnyConnection::Node)
+            .map_err(probe_error),
+        Kind::Cluster => {
+            let hosts = topology::hosts(url, scheme)?;
+            redis::cluster::ClusterClient::builder(hosts.nodes)
+                .connection_timeout(Duration::from_secs(5))
+                .response_timeout(Duration::from_secs(30))
+                .build()
+                .map_err(probe_error)?
+                .get_async_connection()
+                .await
+                .map(AnyConnection::Cluster)
+                .map_err(probe_error)
+        }
+        Kind::Sentinel => {
+            let hosts = topology::hosts(url, scheme)?;
+            topology::sentinel_client(&hosts, scheme)
+                .map_err(probe_error)?
+                .get_async_connection_with_config(&config)
+                .await
+                .map(AnyConnection::Node)
+                .map_err(probe_error)
+        }
+    }
 }
 
 /// Reads a whole stream with `XRANGE`, a thousand entries at a time, and decodes every entry.
 ///
 /// # Errors
 /// When the command fails or an entry does not decode.
-pub async fn xrange(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Result<Vec<Event>> {
+pub async fn xrange(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    key: &str,
+) -> Result<Vec<Event>> {
     let mut entries = Vec::new();
     let mut start = "-".to_owned();
     loop {

@@ -112,7 +112,7 @@ macro_rules! backends {
 backends! {
     Memory(publisher_core::MemoryBackend) "memory" if all(), ["memory"];
     Console(publisher_console::ConsoleBackend) "console" if feature = "console", ["console"];
-    Redis(publisher_redis::RedisBackend) "redis" if feature = "redis", ["redis", "rediss" @ "redis-tls"];
+    Redis(publisher_redis::RedisBackend) "redis" if feature = "redis", ["redis", "rediss" @ "redis-tls", "redis+cluster", "rediss+cluster" @ "redis-tls", "redis+sentinel", "rediss+sentinel" @ "redis-tls"];
     Amqp(publisher_amqp::AmqpBackend) "amqp" if feature = "amqp", ["amqp", "amqps" @ "amqp-tls"];
     Kafka(publisher_kafka::KafkaBackend) "kafka" if feature = "kafka", ["kafka"];
     Nats(publisher_nats::NatsBackend) "nats" if feature = "nats", ["nats", "tls"];

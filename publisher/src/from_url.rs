@@ -37,6 +37,8 @@ pub fn enabled_schemes() -> Vec<&'static str> {
 /// | `console://stdout`, `console://stderr`, `console:///path` | console | `console` (default) |
 /// | `memory://` | in-memory | always |
 /// | `redis://`, `rediss://` | Redis | `redis`, `redis-tls` |
+/// | `redis+cluster://h1:p1,h2:p2,…`, `rediss+cluster://…` | Redis Cluster | `redis`, `redis-tls` |
+/// | `redis+sentinel://s1:p1,s2:p2,…/master[/db]`, `rediss+sentinel://…` | Redis through sentinels | `redis`, `redis-tls` |
 /// | `amqp://`, `amqps://` | RabbitMQ | `amqp`, `amqp-tls` |
 /// | `kafka://host:port[,host:port…]` | Kafka | `kafka` |
 /// | `nats://`, `tls://` | NATS JetStream | `nats` |

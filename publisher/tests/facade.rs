@@ -54,6 +54,26 @@ async fn compiled_out_backend_names_its_feature() {
         ("kafka://localhost:9092?acks=1", "kafka", "kafka"),
         ("redis://localhost?mode=nope", "redis", "redis"),
         ("rediss://localhost?mode=nope", "rediss", "redis-tls"),
+        (
+            "redis+cluster://h1:7000,h2:7001?mode=nope",
+            "redis+cluster",
+            "redis",
+        ),
+        (
+            "rediss+cluster://h1:7000,h2:7001?mode=nope",
+            "rediss+cluster",
+            "redis-tls",
+        ),
+        (
+            "redis+sentinel://s1,s2/master?mode=nope",
+            "redis+sentinel",
+            "redis",
+        ),
+        (
+            "rediss+sentinel://s1,s2/master?mode=nope",
+            "rediss+sentinel",
+            "redis-tls",
+        ),
         ("amqp://localhost?heartbeat=0", "amqp", "amqp"),
         ("amqps://localhost?heartbeat=0", "amqps", "amqp-tls"),
         ("nats://localhost?max_ack_inflight=0", "nats", "nats"),
@@ -70,6 +90,27 @@ async fn compiled_out_backend_names_its_feature() {
                 "{url}: {err}"
             );
         }
+    }
+}
+
+/// Every Redis form opens through the facade (connections open lazily: an address nobody
+/// answers at is an unhealthy report, not a build error).
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn every_redis_url_form_opens() {
+    for url in [
+        "redis://127.0.0.1:1",
+        "redis+cluster://u:s3cret@127.0.0.1:1,[::1]:2",
+        "redis+sentinel://127.0.0.1:1,127.0.0.1:2/mymaster/1",
+    ] {
+        let p = publisher::from_url(url)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(p.backend(), "redis");
+        assert!(!format!("{p:?}").contains("s3cret"));
+        let health = p.health().await;
+        assert!(!health.is_healthy(), "{url}: {health}");
+        p.close().await.expect("close");
     }
 }
 

@@ -2,13 +2,15 @@
 //! conformance harnesses built from the crate's `testing` probes.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use std::net::SocketAddr;
 
-use publisher_core::testing::{Broker, Harness, OwnBroker, ProbeHarness, url_via};
+use publisher_core::testing::{Broker, Harness, OwnBroker, OwnCluster, ProbeHarness, url_via};
 use publisher_core::{Publisher, Timeouts};
 use publisher_redis::testing::{PubsubProbe, StreamProbe};
 use publisher_redis::{Mode, RedisConfig, RedisPublisher};
@@ -34,7 +36,7 @@ pub fn redis_url() -> String {
     redis().expect("no Redis: the test should have checked support::missing()")
 }
 
-pub async fn client_conn(url: &str) -> redis::aio::MultiplexedConnection {
+pub async fn client_conn(url: &str) -> publisher_redis::AnyConnection {
     publisher_redis::testing::connect(url)
         .await
         .unwrap_or_else(|e| panic!("cannot reach Redis at {url}: {e}"))
@@ -42,7 +44,7 @@ pub async fn client_conn(url: &str) -> redis::aio::MultiplexedConnection {
 
 /// Reads a whole stream back, panicking on failure.
 pub async fn read_stream(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut publisher_redis::AnyConnection,
     key: &str,
 ) -> Vec<publisher_core::Event> {
     xrange(conn, key).await.unwrap()
@@ -175,6 +177,16 @@ pub async fn stream_harness() -> Option<ProbeHarness<StreamProbe>> {
             .with_via(open_via(Mode::Stream))
             .with_own_broker(|| async {
                 Some(Box::new(OwnRedis::start().await) as Box<dyn OwnBroker>)
+            })
+            .with_own_cluster(|| async {
+                cluster::OwnRedisCluster::start()
+                    .await
+                    .map(|c| Box::new(c) as Box<dyn OwnCluster>)
+            })
+            .with_own_cluster(|| async {
+                cluster::OwnSentineled::start()
+                    .await
+                    .map(|c| Box::new(c) as Box<dyn OwnCluster>)
             }),
     )
 }
