@@ -190,6 +190,12 @@ pub trait OwnCluster: Send + Sync {
     /// that is known), and returns once the cluster has noticed (a replica promoted, a
     /// leader moved), or after the test's own bound.
     async fn fail_node(&self, topic: &str);
+
+    /// Whether the backend promises no duplicate across this failure (Kafka's idempotent
+    /// producer): the scenario then fails on any copy, explained or not. Default: false.
+    fn no_duplicates(&self) -> bool {
+        false
+    }
 }
 
 /// What a [`conformance_tests!`](crate::conformance_tests) harness function returns: a
@@ -875,7 +881,8 @@ async fn check_history(h: &dyn Harness, history: &History, topic: &str) -> Verdi
 }
 
 /// Checks `records` as the history of `scenario` against what `topic` holds, closes the
-/// publisher (a second close is harmless), cleans up, and asserts that the history holds.
+/// publisher (a second close is harmless), cleans up, asserts that the history holds, and
+/// returns its verdict.
 async fn conclude(
     h: &dyn Harness,
     p: &dyn Publisher,
@@ -883,7 +890,7 @@ async fn conclude(
     scenario: String,
     records: Vec<Record>,
     faults: Faults,
-) {
+) -> Verdict {
     let history = History {
         scenario,
         records,
@@ -893,6 +900,7 @@ async fn conclude(
     p.close().await.expect("close");
     h.cleanup(topic).await;
     verdict.assert_holds();
+    verdict
 }
 
 /// A publisher whose connections pass a [`FaultProxy`], and the harness that reads what it
@@ -1277,10 +1285,21 @@ pub async fn history_node_failure(h: &dyn Harness) {
         let p: Arc<dyn Publisher> = Arc::from(publisher(oh).await);
         let scenario = format!("{} {}, c=16", p.backend(), cluster.describe());
         let (failing, failing_topic) = (cluster.clone(), topic.clone());
-        across_fault(oh, p, &topic, scenario, async move {
+        let verdict = across_fault(oh, p, &topic, scenario, async move {
+            let started = tokio::time::Instant::now();
             failing.fail_node(&failing_topic).await;
+            println!(
+                "history node failure: the cluster noticed in {:?}",
+                started.elapsed()
+            );
         })
         .await;
+        if cluster.no_duplicates() {
+            assert_eq!(
+                verdict.duplicates, 0,
+                "duplicates across the failure: {verdict}"
+            );
+        }
     }
     if started == 0 {
         not_carried(h, "node failure", "cannot start a cluster of its own here");
@@ -1295,7 +1314,7 @@ async fn across_fault(
     topic: &str,
     scenario: String,
     fault: impl std::future::Future<Output = ()> + Send + 'static,
-) {
+) -> Verdict {
     let mut records = plan(oh, topic, &scenario, 3_000, &[], 0);
     let fault = std::sync::Mutex::new(Some(fault));
     let started = Arc::new(std::sync::Mutex::new(None));
@@ -1321,7 +1340,7 @@ async fn across_fault(
         .await
         .expect("the fault panicked");
     assert_recovers(&*p, topic, &mut records).await;
-    conclude(oh, &*p, topic, scenario, records, Faults::Injected).await;
+    conclude(oh, &*p, topic, scenario, records, Faults::Injected).await
 }
 
 /// Runs every scenario in turn.

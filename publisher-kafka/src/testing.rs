@@ -9,6 +9,7 @@ use publisher_core::{Error, ErrorKind, Event, Result, async_trait};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::BACKEND;
@@ -37,48 +38,95 @@ fn consumer(brokers: &str) -> Result<BaseConsumer> {
 
 /// librdkafka's in-process mock cluster (a real implementation of the Kafka protocol), started
 /// once per process on first use and kept until the process exits: the tests' Kafka where no
-/// broker answers. It lives on a thread of its own, which also creates topics for
-/// [`create_topic`] (the mock has no admin API).
+/// broker answers. Topics are created through [`create_topic`] (the mock has no admin API).
 #[derive(Debug)]
 pub struct EmbeddedKafka {
-    bootstrap: String,
-    requests: Mutex<mpsc::Sender<TopicRequest>>,
+    mock: MockKafka,
 }
-
-type TopicRequest = (String, i32, mpsc::Sender<std::result::Result<(), String>>);
 
 static EMBEDDED: OnceLock<EmbeddedKafka> = OnceLock::new();
 
 impl EmbeddedKafka {
-    /// The process's mock cluster (three brokers), started on first call.
+    /// The process's mock cluster (three brokers, topics with one replica), started on first
+    /// call.
     ///
     /// # Panics
     /// When librdkafka cannot start it.
     pub fn get() -> &'static EmbeddedKafka {
-        EMBEDDED.get_or_init(|| {
-            let (ready_tx, ready_rx) = mpsc::channel();
-            let (requests, incoming) = mpsc::channel::<TopicRequest>();
-            std::thread::Builder::new()
-                .name("kafka-mock-cluster".into())
-                .spawn(move || {
-                    let cluster = rdkafka::mocking::MockCluster::new(3)
-                        .expect("librdkafka's mock cluster starts");
-                    let _ = ready_tx.send(cluster.bootstrap_servers());
-                    // Serves topic creation until the process exits (the senders live in a
-                    // static), keeping the cluster alive.
-                    for (topic, partitions, reply) in incoming {
-                        let r = cluster
-                            .create_topic(&topic, partitions, 1)
-                            .map_err(|e| e.to_string());
-                        let _ = reply.send(r);
-                    }
-                })
-                .expect("a thread for the mock cluster");
-            EmbeddedKafka {
-                bootstrap: ready_rx.recv().expect("the mock cluster's address"),
-                requests: Mutex::new(requests),
-            }
+        EMBEDDED.get_or_init(|| EmbeddedKafka {
+            mock: MockKafka::start(3, 1),
         })
+    }
+
+    /// Its bootstrap servers.
+    pub fn bootstrap(&self) -> &str {
+        self.mock.bootstrap()
+    }
+
+    /// Whether `brokers` is this process's mock cluster.
+    pub fn is(brokers: &str) -> bool {
+        EMBEDDED.get().is_some_and(|m| m.mock.bootstrap == brokers)
+    }
+}
+
+/// What a [`MockKafka`]'s thread is asked to do.
+enum MockRequest {
+    Create(String, i32),
+    Leader(String, i32, i32),
+    Down(i32),
+}
+
+type MockReply = mpsc::Sender<std::result::Result<(), String>>;
+
+/// Where a mock cluster's thread takes requests.
+type MockRequests = mpsc::Sender<(MockRequest, MockReply)>;
+
+/// The mock clusters of this process by bootstrap address, for [`create_topic`].
+static MOCKS: Mutex<Vec<(String, MockRequests)>> = Mutex::new(Vec::new());
+
+/// A mock cluster of librdkafka's (`brokers` brokers, topics created with `replication`
+/// replicas) on a thread of its own, which serves topic creation and the faults a test asks
+/// for (a partition's leader moved, a broker taken down). Ends when dropped.
+#[derive(Debug)]
+pub struct MockKafka {
+    bootstrap: String,
+}
+
+impl MockKafka {
+    /// Starts one.
+    ///
+    /// # Panics
+    /// When librdkafka cannot start it.
+    pub fn start(brokers: i32, replication: i32) -> Self {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (requests, incoming) = mpsc::channel::<(MockRequest, MockReply)>();
+        std::thread::Builder::new()
+            .name("kafka-mock-cluster".into())
+            .spawn(move || {
+                let cluster = rdkafka::mocking::MockCluster::new(brokers)
+                    .expect("librdkafka's mock cluster starts");
+                let _ = ready_tx.send(cluster.bootstrap_servers());
+                // Serves requests until every sender is gone (the registry's at drop).
+                for (request, reply) in incoming {
+                    let r = match request {
+                        MockRequest::Create(topic, partitions) => {
+                            cluster.create_topic(&topic, partitions, replication)
+                        }
+                        MockRequest::Leader(topic, partition, broker) => {
+                            cluster.partition_leader(&topic, partition, Some(broker))
+                        }
+                        MockRequest::Down(broker) => cluster.broker_down(broker),
+                    };
+                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                }
+            })
+            .expect("a thread for the mock cluster");
+        let bootstrap = ready_rx.recv().expect("the mock cluster's address");
+        MOCKS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((bootstrap.clone(), requests));
+        MockKafka { bootstrap }
     }
 
     /// Its bootstrap servers.
@@ -86,22 +134,79 @@ impl EmbeddedKafka {
         &self.bootstrap
     }
 
-    fn create(&self, topic: &str, partitions: i32) -> Result<()> {
-        let (tx, rx) = mpsc::channel();
-        self.requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send((topic.to_owned(), partitions, tx))
-            .map_err(|_| probe_error("the mock cluster's thread is gone"))?;
-        rx.recv()
-            .map_err(|_| probe_error("the mock cluster's thread is gone"))?
-            .map_err(|e| probe_error(format!("creating topic {topic} on the mock cluster: {e}")))
+    /// Moves the leadership of `topic`'s `partition` to broker `broker` (ids from 1).
+    ///
+    /// # Errors
+    /// When the mock refuses.
+    pub fn move_leader(&self, topic: &str, partition: i32, broker: i32) -> Result<()> {
+        ask_mock(
+            &self.bootstrap,
+            MockRequest::Leader(topic.into(), partition, broker),
+        )
     }
 
-    /// Whether `brokers` is this process's mock cluster.
-    pub fn is(brokers: &str) -> bool {
-        EMBEDDED.get().is_some_and(|m| m.bootstrap == brokers)
+    /// Takes broker `broker` down: its connections close and it accepts no more.
+    ///
+    /// # Errors
+    /// When the mock refuses.
+    pub fn broker_down(&self, broker: i32) -> Result<()> {
+        ask_mock(&self.bootstrap, MockRequest::Down(broker))
     }
+
+    /// Whether `brokers` is one of this process's mock clusters.
+    pub fn is(brokers: &str) -> bool {
+        MOCKS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(b, _)| b == brokers)
+    }
+}
+
+impl Drop for MockKafka {
+    fn drop(&mut self) {
+        MOCKS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(b, _)| *b != self.bootstrap);
+    }
+}
+
+fn ask_mock(bootstrap: &str, request: MockRequest) -> Result<()> {
+    let sender = MOCKS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(b, _)| b == bootstrap)
+        .map(|(_, s)| s.clone())
+        .ok_or_else(|| probe_error("the mock cluster is gone"))?;
+    let (tx, rx) = mpsc::channel();
+    sender
+        .send((request, tx))
+        .map_err(|_| probe_error("the mock cluster's thread is gone"))?;
+    rx.recv()
+        .map_err(|_| probe_error("the mock cluster's thread is gone"))?
+        .map_err(|e| probe_error(format!("the mock cluster refused: {e}")))
+}
+
+/// The leader of each partition of `topic`, by the brokers' metadata.
+///
+/// # Errors
+/// When the metadata cannot be read.
+pub async fn leaders(brokers: &str, topic: &str) -> Result<Vec<(i32, i32)>> {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let c = consumer(&brokers)?;
+        let m = c
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .map_err(|e| probe_error(format!("metadata of {topic}: {e}")))?;
+        Ok(m.topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| (p.id(), p.leader())))
+            .collect())
+    })
+    .await
+    .map_err(|e| probe_error(format!("probe task: {e}")))?
 }
 
 /// The variable that points the tests at a Kafka broker.
@@ -144,8 +249,8 @@ pub fn test_brokers() -> String {
 /// # Errors
 /// When the broker refuses or the topic does not appear within 15 s.
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
-    if EmbeddedKafka::is(brokers) {
-        EmbeddedKafka::get().create(topic, partitions)?;
+    if MockKafka::is(brokers) {
+        ask_mock(brokers, MockRequest::Create(topic.to_owned(), partitions))?;
     } else {
         create_with_admin(brokers, topic, partitions).await?;
     }
@@ -193,8 +298,8 @@ async fn wait_for_partitions(brokers: &str, topic: &str, partitions: i32) -> Res
 /// Deletes `topic` (ignoring errors).
 pub async fn delete_topic(brokers: &str, topic: &str) {
     // The mock cluster has no admin API (an admin request would wait out its timeout); its
-    // topics end with the process.
-    if EmbeddedKafka::is(brokers) {
+    // topics end with it.
+    if MockKafka::is(brokers) {
         return;
     }
     if let Ok(a) = admin(brokers) {
@@ -232,12 +337,23 @@ pub async fn consume(
         while out.len() < n && Instant::now() < deadline {
             match c.poll(Duration::from_millis(100)) {
                 Some(Ok(msg)) => out.push(event_from_message(&msg)?),
+                // A broker of the list that is down (the node failure scenario): the consumer
+                // reads from the others.
+                Some(Err(rdkafka::error::KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
+                ))) => {}
                 Some(Err(e)) => return Err(probe_error(format!("consumer: {e}"))),
                 None => {}
             }
         }
-        while let Some(Ok(msg)) = c.poll(Duration::from_millis(200)) {
-            out.push(event_from_message(&msg)?);
+        loop {
+            match c.poll(Duration::from_millis(200)) {
+                Some(Ok(msg)) => out.push(event_from_message(&msg)?),
+                Some(Err(rdkafka::error::KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
+                ))) => {}
+                _ => break,
+            }
         }
         Ok(out)
     })

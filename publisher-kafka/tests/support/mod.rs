@@ -8,9 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use publisher_core::testing::{FaultProxy, Harness, OwnBroker, ProbeHarness};
+use publisher_core::testing::{FaultProxy, Harness, OwnBroker, OwnCluster, ProbeHarness};
 use publisher_core::{Event, Publisher, Timeouts};
-use publisher_kafka::testing::TopicProbe;
+use publisher_kafka::testing::{MockKafka, TopicProbe};
 use publisher_kafka::{KafkaConfig, KafkaPublisher};
 
 /// The broker the tests use (see [`publisher_kafka::testing::test_brokers`]): the variable,
@@ -73,6 +73,73 @@ pub async fn harness() -> ProbeHarness<TopicProbe> {
         let tansu = Tansu::start(false).await?;
         Some(Box::new(tansu) as Box<dyn OwnBroker>)
     })
+    .with_own_cluster(|| async { Some(Box::new(OwnMockCluster::start()) as Box<dyn OwnCluster>) })
+}
+
+/// Three brokers of librdkafka's mock cluster, of the test's own, topics with three replicas,
+/// published to through a bootstrap list of all three: the node failure scenario moves the
+/// leadership of every partition of its topic to another broker, then takes down the broker
+/// that led the first partition.
+pub struct OwnMockCluster {
+    mock: MockKafka,
+    harness: ProbeHarness<TopicProbe>,
+}
+
+impl OwnMockCluster {
+    pub fn start() -> Self {
+        let mock = MockKafka::start(3, 3);
+        // `host:port,host:port,host:port`: the bootstrap list a user of several brokers gives.
+        let brokers = mock.bootstrap().to_owned();
+        assert_eq!(brokers.split(',').count(), 3, "{brokers}");
+        let open = brokers.clone();
+        let harness = ProbeHarness::new(TopicProbe::new(brokers), move || {
+            std::future::ready(
+                KafkaPublisher::builder()
+                    .config(config(&open))
+                    .build()
+                    .map(|p| Box::new(p) as Box<dyn Publisher>),
+            )
+        });
+        Self { mock, harness }
+    }
+}
+
+#[publisher_core::async_trait]
+impl OwnCluster for OwnMockCluster {
+    fn harness(&self) -> &dyn Harness {
+        &self.harness
+    }
+
+    fn describe(&self) -> String {
+        "mock cluster of 3 brokers (bootstrap list of 3), every partition's leader moved off \
+         a broker, then that broker down"
+            .into()
+    }
+
+    async fn fail_node(&self, topic: &str) {
+        let leaders = publisher_kafka::testing::leaders(self.mock.bootstrap(), topic)
+            .await
+            .expect("leaders");
+        let first = leaders
+            .iter()
+            .find(|(p, _)| *p == 0)
+            .map(|(_, l)| *l)
+            .expect("partition 0");
+        for (partition, leader) in &leaders {
+            // Another broker, never the one taken down next.
+            let next = (1..=3)
+                .find(|b| b != leader && *b != first)
+                .expect("three brokers");
+            self.mock
+                .move_leader(topic, *partition, next)
+                .expect("move the leader");
+        }
+        self.mock.broker_down(first).expect("broker down");
+    }
+
+    fn no_duplicates(&self) -> bool {
+        true
+    }
 }
 
 /// A publisher to `brokers` with the scenario's `timeouts`. librdkafka must report a record's
