@@ -2,7 +2,7 @@
 //! confirm-mode channels opened on it, each with its confirm tracker.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
@@ -22,7 +22,10 @@ use crate::transport::OwnedConnection;
 pub(crate) enum Link {
     /// Ours: opened from the URI, reopened when it drops, closed at close.
     Owned {
-        uri: Box<AMQPUri>,
+        /// One per node listed in the URL, tried in turn.
+        uris: Vec<AMQPUri>,
+        /// The node to try first: the one connected to last, or after a loss the next one.
+        next: AtomicUsize,
         name: String,
         connect_timeout: Duration,
         current: Mutex<Option<OwnedConnection>>,
@@ -44,9 +47,10 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
-    pub(crate) fn owned(uri: AMQPUri, name: String, connect_timeout: Duration) -> Self {
+    pub(crate) fn owned(uris: Vec<AMQPUri>, name: String, connect_timeout: Duration) -> Self {
         Link::Owned {
-            uri: Box::new(uri),
+            uris,
+            next: AtomicUsize::new(0),
             name,
             connect_timeout,
             current: Mutex::new(None),
@@ -70,7 +74,8 @@ impl Link {
                 }
             }
             Link::Owned {
-                uri,
+                uris,
+                next,
                 name,
                 connect_timeout,
                 current,
@@ -85,21 +90,53 @@ impl Link {
                 {
                     return Ok(c.connection.clone());
                 }
-                let props =
-                    ConnectionProperties::default().with_connection_name(name.as_str().into());
-                let owned = tokio::time::timeout(
-                    *connect_timeout,
-                    OwnedConnection::open((**uri).clone(), props),
-                )
-                .await
-                .map_err(|_| Error::timeout(BACKEND, "connecting to RabbitMQ", *connect_timeout))?
-                .map_err(from_lapin)?;
-                let conn = owned.connection.clone();
-                if current.is_some() {
-                    tracing::info!(backend = BACKEND, connection = %name, "reconnected to RabbitMQ");
+                let lost = current.is_some();
+                if lost && uris.len() > 1 {
+                    // The node we were on went away: the others first, it last.
+                    next.store(
+                        (next.load(Ordering::Relaxed) + 1) % uris.len(),
+                        Ordering::Relaxed,
+                    );
                 }
-                *current = Some(owned);
-                Ok(conn)
+                let first = next.load(Ordering::Relaxed);
+                let mut last_error = None;
+                for k in 0..uris.len() {
+                    let i = (first + k) % uris.len();
+                    let props =
+                        ConnectionProperties::default().with_connection_name(name.as_str().into());
+                    let opened = tokio::time::timeout(
+                        *connect_timeout,
+                        OwnedConnection::open(uris[i].clone(), props),
+                    )
+                    .await
+                    .map_err(|_| {
+                        Error::timeout(BACKEND, "connecting to RabbitMQ", *connect_timeout)
+                    })
+                    .and_then(|r| r.map_err(from_lapin));
+                    match opened {
+                        Ok(owned) => {
+                            let conn = owned.connection.clone();
+                            if lost || i != first {
+                                tracing::info!(
+                                    backend = BACKEND,
+                                    connection = %name,
+                                    node = i,
+                                    of = uris.len(),
+                                    "connected to RabbitMQ node {} of the URL's {}",
+                                    i + 1,
+                                    uris.len()
+                                );
+                            }
+                            next.store(i, Ordering::Relaxed);
+                            *current = Some(owned);
+                            return Ok(conn);
+                        }
+                        Err(e) => last_error = Some(e),
+                    }
+                }
+                Err(last_error.unwrap_or_else(|| {
+                    Error::new(ErrorKind::Config, BACKEND, "the URL lists no host")
+                }))
             }
         }
     }

@@ -75,7 +75,10 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpConfig {
-    /// `amqp://user:password@host:port/vhost` (or `amqps://` with feature `tls`).
+    /// `amqp://user:password@host:port/vhost` (or `amqps://` with feature `tls`). Several
+    /// nodes of a cluster as `amqp://user:password@h1:5672,h2:5672,h3/vhost`: the publisher
+    /// connects to the first that answers, and when its connection is lost, to the next that
+    /// answers (starting after the one lost), without being rebuilt.
     /// Default: `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub url: RedactedUrl,
     /// The exchange events are published to; the routing key is the event topic.
@@ -142,7 +145,8 @@ fn bad(field: &'static str, msg: impl Into<String>) -> Error {
 }
 
 impl AmqpConfig {
-    /// Parses `amqp://user:password@host:port/vhost` (or `amqps://`, feature `tls`) with optional
+    /// Parses `amqp://user:password@host:port/vhost` (or `amqps://`, feature `tls`; several hosts
+    /// as `h1:5672,h2:5672`, see [`AmqpConfig::url`]) with optional
     /// query parameters `heartbeat=SECONDS`, `exchange=NAME`, `exchange_type=direct|fanout|topic|headers`
     /// (declares the exchange, durable unless `exchange_durable=false`), `mandatory=BOOL`,
     /// `persistent=BOOL`, `max_message_bytes=N`, `connection_name=NAME`, `pool_max_size=N`.
@@ -150,12 +154,17 @@ impl AmqpConfig {
     /// # Errors
     /// `Config` naming `url` or the parameter at fault.
     pub fn from_url(url: &str) -> Result<Self> {
-        let mut parsed = url::Url::parse(url).map_err(|e| {
-            bad("url", format!("malformed AMQP URL `{}`", redact(url))).with_source(e)
-        })?;
-        check_scheme(parsed.scheme())?;
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        // Each host of a list checked as a URL of its own (the first stands for them all in
+        // errors about the scheme).
+        for one in single_host_urls(base)? {
+            let parsed = url::Url::parse(&one).map_err(|e| {
+                bad("url", format!("malformed AMQP URL `{}`", redact(url))).with_source(e)
+            })?;
+            check_scheme(parsed.scheme())?;
+        }
         let mut cfg = AmqpConfig::default();
-        let mut options = UrlOptions::parse(BACKEND, parsed.query().unwrap_or(""))?;
+        let mut options = UrlOptions::parse(BACKEND, query)?;
         if let Some(secs) =
             options.take_parsed::<u64>("heartbeat", "heartbeat", "a number of seconds")?
         {
@@ -205,8 +214,7 @@ impl AmqpConfig {
             kind,
             durable: exchange_durable,
         });
-        parsed.set_query(None);
-        cfg.url = parsed.to_string().into();
+        cfg.url = base.into();
         Ok(cfg)
     }
 
@@ -215,7 +223,7 @@ impl AmqpConfig {
     /// # Errors
     /// `Config` naming the field at fault.
     pub fn validate(&self) -> Result<()> {
-        self.uri()?;
+        self.uris()?;
         self.timeouts.validate(BACKEND)?;
         self.pool.validate(BACKEND)?;
         if self.exchange.len() > MAX_SHORT_STRING {
@@ -256,9 +264,28 @@ impl AmqpConfig {
     /// The lapin URI, built from our own parse of the URL: amq-protocol's parser reads the
     /// host with `Url::domain()`, which is `None` for IP literals (`[::1]`, `10.0.0.5`), and so
     /// silently connects to `localhost` instead. We take `Url::host()` and keep literals.
+    pub(crate) fn uris(&self) -> Result<Vec<AMQPUri>> {
+        single_host_urls(self.url.expose())?
+            .iter()
+            .map(|one| self.uri_of(one))
+            .collect()
+    }
+
+    /// The first host's URI (tests).
+    #[cfg(test)]
     pub(crate) fn uri(&self) -> Result<AMQPUri> {
-        let url = url::Url::parse(self.url.expose())
+        self.uris().map(|mut u| u.remove(0))
+    }
+
+    fn uri_of(&self, one: &str) -> Result<AMQPUri> {
+        let url = url::Url::parse(one)
             .map_err(|e| bad("url", format!("malformed AMQP URL `{}`", self.url)).with_source(e))?;
+        if url.query().is_some() {
+            return Err(bad(
+                "url",
+                "a URL in a config carries no query: set the config's fields instead",
+            ));
+        }
         check_scheme(url.scheme())?;
         let tls = url.scheme() == "amqps";
         let scheme = if tls {
@@ -302,6 +329,39 @@ impl AmqpConfig {
     }
 }
 
+/// `scheme://[user:password@]h1[:port],h2[:port],…[/vhost]` as one URL per host, user and
+/// vhost repeated; a URL with one host is returned as it is.
+///
+/// # Errors
+/// `Config` naming `url` for an empty host in the list.
+fn single_host_urls(url: &str) -> Result<Vec<String>> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok(vec![url.to_owned()]);
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (format!("{userinfo}@"), hosts),
+        None => (String::new(), authority),
+    };
+    if !hosts.contains(',') {
+        return Ok(vec![url.to_owned()]);
+    }
+    hosts
+        .split(',')
+        .map(|host| {
+            if host.is_empty() {
+                Err(bad(
+                    "url",
+                    "an empty host in the URL's list: expected host[:port] joined by `,`",
+                ))
+            } else {
+                Ok(format!("{scheme}://{userinfo}{host}{tail}"))
+            }
+        })
+        .collect()
+}
+
 fn percent_decode(s: &str) -> Result<String> {
     percent_encoding::percent_decode_str(s)
         .decode_utf8()
@@ -332,6 +392,30 @@ fn check_scheme(scheme: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_hosts_are_one_uri_each() {
+        let c =
+            AmqpConfig::from_url("amqp://u:p%40ss@h1:5673,[::1],10.0.0.3:5674/v%2Fh?heartbeat=5")
+                .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.heartbeat, Duration::from_secs(5));
+        let uris = c.uris().unwrap();
+        let hosts: Vec<_> = uris
+            .iter()
+            .map(|u| (u.authority.host.as_str(), u.authority.port))
+            .collect();
+        assert_eq!(hosts, [("h1", 5673), ("::1", 5672), ("10.0.0.3", 5674)]);
+        for u in &uris {
+            assert_eq!(u.authority.userinfo.password, "p@ss");
+            assert_eq!(u.vhost, "v/h");
+        }
+        assert!(!format!("{c:?}").contains("p%40ss"), "{c:?}");
+        for url in ["amqp://h1,,h2/%2f", "amqp://h1,h2:port/%2f", "amqp://,/%2f"] {
+            let e = AmqpConfig::from_url(url).unwrap_err();
+            assert_eq!(e.field(), Some("url"), "{url}: {e}");
+        }
+    }
 
     #[test]
     fn ip_literals_are_kept_not_replaced_by_localhost() {

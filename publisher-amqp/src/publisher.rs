@@ -94,7 +94,7 @@ impl AmqpPublisherBuilder {
         let link = Arc::new(match self.connection {
             Some(conn) => Link::Lent(conn),
             None => Link::owned(
-                config.uri()?,
+                config.uris()?,
                 config.connection_name.clone(),
                 config.timeouts.connect,
             ),

@@ -60,6 +60,15 @@ impl QueueClient {
     /// # Errors
     /// When the broker refuses.
     pub async fn declare_durable_queue(&self, name: &str) -> Result<()> {
+        self.declare_durable_queue_with(name, FieldTable::default())
+            .await
+    }
+
+    /// Declares a durable queue with `args` (`x-queue-type: quorum` for a quorum queue).
+    ///
+    /// # Errors
+    /// When the broker refuses.
+    pub async fn declare_durable_queue_with(&self, name: &str, args: FieldTable) -> Result<()> {
         self.channel
             .queue_declare(
                 name.into(),
@@ -67,7 +76,7 @@ impl QueueClient {
                     durable: true,
                     ..QueueDeclareOptions::default()
                 },
-                FieldTable::default(),
+                args,
             )
             .await
             .map(|_| ())
