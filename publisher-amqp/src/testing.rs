@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties};
 use publisher_core::testing::{BadEvent, Intent, Probe, Received, unique_name, url_addr};
 use publisher_core::{Error, ErrorKind, Event, Result, async_trait};
@@ -133,11 +133,19 @@ impl QueueClient {
     }
 }
 
+/// The queues a [`QueueProbe`] declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueKind {
+    Transient,
+    Durable,
+    Quorum,
+}
+
 /// Declares a queue per topic and reads it back; publishers must use the default exchange.
 #[derive(Debug)]
 pub struct QueueProbe {
     url: String,
-    durable: bool,
+    kind: QueueKind,
     client: tokio::sync::Mutex<Option<Arc<QueueClient>>>,
     received: Mutex<HashMap<String, Vec<Received>>>,
 }
@@ -147,7 +155,7 @@ impl QueueProbe {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
-            durable: false,
+            kind: QueueKind::Transient,
             client: tokio::sync::Mutex::new(None),
             received: Mutex::default(),
         }
@@ -156,7 +164,15 @@ impl QueueProbe {
     /// A probe whose queues are durable (for brokers the test restarts).
     pub fn durable(url: impl Into<String>) -> Self {
         Self {
-            durable: true,
+            kind: QueueKind::Durable,
+            ..Self::new(url)
+        }
+    }
+
+    /// A probe whose queues are quorum queues (replicated over a cluster's nodes).
+    pub fn quorum(url: impl Into<String>) -> Self {
+        Self {
+            kind: QueueKind::Quorum,
             ..Self::new(url)
         }
     }
@@ -184,10 +200,17 @@ impl Probe for QueueProbe {
     async fn topic(&self, hint: &str) -> Result<String> {
         let name = unique_name(&format!("publisher-test.{hint}"));
         let client = self.client().await?;
-        if self.durable {
-            client.declare_durable_queue(&name).await?;
-        } else {
-            client.declare_queue(&name, FieldTable::default()).await?;
+        match self.kind {
+            QueueKind::Transient => client.declare_queue(&name, FieldTable::default()).await?,
+            QueueKind::Durable => client.declare_durable_queue(&name).await?,
+            QueueKind::Quorum => {
+                let mut args = FieldTable::default();
+                args.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString("quorum".into()),
+                );
+                client.declare_durable_queue_with(&name, args).await?;
+            }
         }
         Ok(name)
     }

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use publisher_core::Publisher;
-use publisher_core::testing::{Broker, Harness, OwnBroker, ProbeHarness};
+use publisher_core::testing::{Broker, Harness, OwnBroker, OwnCluster, ProbeHarness};
 
 /// The shared RabbitMQ by the workspace's rule (`publisher_core::testing::find_broker`), or
 /// `None` (said once; a failure under CI).
@@ -124,12 +124,17 @@ fn harness_on(url: String) -> ProbeHarness<QueueProbe> {
             harness,
         }) as Box<dyn OwnBroker>)
     })
+    .with_own_cluster(|| async {
+        OwnRabbitCluster::start()
+            .await
+            .map(|c| Box::new(c) as Box<dyn OwnCluster>)
+    })
 }
 
 /// A RabbitMQ node of the test's own (its own node name, ports and data directory), for the
 /// restart scenario. Killed (SIGKILL) and its directory removed on drop.
 pub struct RabbitNode {
-    name: String,
+    pub name: String,
     pub port: u16,
     dist_port: u16,
     dir: PathBuf,
@@ -190,6 +195,11 @@ impl RabbitNode {
             .spawn()
             .expect("start rabbitmq-server");
         self.child = Some(child);
+        self.await_started().await;
+    }
+
+    /// Waits (at most 90 s) until the node accepts an AMQP connection.
+    pub async fn await_started(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
         loop {
             // Each attempt bounded: a connection the node accepts while it is still booting
@@ -263,6 +273,108 @@ impl OwnBroker for OwnRabbit {
         node.kill();
         tokio::time::sleep(down).await;
         node.spawn().await;
+    }
+}
+
+/// Three [`RabbitNode`]s joined in one cluster (the second and third joined to the first).
+pub struct RabbitCluster {
+    nodes: tokio::sync::Mutex<Vec<RabbitNode>>,
+    urls: Vec<String>,
+}
+
+impl RabbitCluster {
+    /// Starts and joins three nodes; `None` (saying why) when RabbitMQ is not installed here.
+    pub async fn start() -> Option<Self> {
+        let first = RabbitNode::start().await?;
+        let mut nodes = vec![first];
+        for _ in 0..2 {
+            let node = RabbitNode::start().await?;
+            node.ctl(&["stop_app"]);
+            node.ctl(&["join_cluster", &nodes[0].name]);
+            node.ctl(&["start_app"]);
+            node.await_started().await;
+            nodes.push(node);
+        }
+        let status = nodes[0].ctl(&["cluster_status"]);
+        for n in &nodes {
+            assert!(
+                status.contains(&n.name),
+                "{} is not in the cluster: {status}",
+                n.name
+            );
+        }
+        let urls = nodes.iter().map(RabbitNode::url).collect();
+        Some(Self {
+            nodes: tokio::sync::Mutex::new(nodes),
+            urls,
+        })
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3/%2f`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .urls
+            .iter()
+            .map(|u| {
+                let addr = url::Url::parse(u).expect("node url");
+                format!("127.0.0.1:{}", addr.port().expect("port"))
+            })
+            .collect();
+        format!("amqp://guest:guest@{}/%2f", hosts.join(","))
+    }
+
+    /// The `i`th node's own URL.
+    pub fn node_url(&self, i: usize) -> String {
+        self.urls[i].clone()
+    }
+
+    /// Kills node `i` hard (SIGKILL).
+    pub async fn kill(&self, i: usize) {
+        self.nodes.lock().await[i].kill();
+    }
+}
+
+/// A three-node cluster for the node failure scenario: publishers list the three nodes (and
+/// connect to the first), quorum queues declared through the third, which the probe reads;
+/// the first node is killed.
+pub struct OwnRabbitCluster {
+    cluster: RabbitCluster,
+    harness: ProbeHarness<QueueProbe>,
+}
+
+impl OwnRabbitCluster {
+    pub async fn start() -> Option<Self> {
+        let cluster = RabbitCluster::start().await?;
+        let url = cluster.url();
+        let harness = ProbeHarness::new(QueueProbe::quorum(cluster.node_url(2)), move || {
+            let url = url.clone();
+            async move {
+                Ok(Box::new(
+                    AmqpPublisher::builder()
+                        .config(AmqpConfig::from_url(&url)?)
+                        .build()
+                        .await?,
+                ) as Box<dyn Publisher>)
+            }
+        });
+        Some(Self { cluster, harness })
+    }
+}
+
+#[publisher_core::async_trait]
+impl OwnCluster for OwnRabbitCluster {
+    fn harness(&self) -> &dyn Harness {
+        &self.harness
+    }
+
+    fn describe(&self) -> String {
+        "cluster of 3 nodes (URL lists the 3), quorum queue, the node the publisher is \
+         connected to killed"
+            .into()
+    }
+
+    async fn fail_node(&self, _topic: &str) {
+        self.cluster.kill(0).await;
     }
 }
 
