@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use publisher_core::{ErrorKind, Event, HealthStatus, Publisher};
 use publisher_redis::testing::xrange;
+use publisher_redis::{Mode, RedisConfig, RedisPublisher};
 use support::cluster::{RedisCluster, Sentineled, opener, tools_missing};
 
 fn topics(n: usize) -> Vec<String> {
@@ -221,5 +222,46 @@ async fn sentinels_name_the_master_and_a_new_one_after_a_failover() {
         "the entry before the failover was replicated"
     );
     assert_eq!(payloads.last().map(|b| &b[..]), Some(&b"after"[..]));
+    p.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_pubsub_reaches_a_subscriber_on_another_node() {
+    use futures::StreamExt;
+    if tools_missing() {
+        return;
+    }
+    let cluster = RedisCluster::start().await;
+    let channel = topics(1).remove(0);
+    // A subscriber on a master that does not serve the channel's slot: the cluster forwards
+    // every PUBLISH to every node.
+    let owner = cluster.master_of(&channel).await;
+    let other = cluster
+        .ports()
+        .into_iter()
+        .find(|p| *p != owner)
+        .expect("another node");
+    let client = redis::Client::open(format!("redis://127.0.0.1:{other}")).expect("client");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub.subscribe(&channel).await.expect("subscribe");
+    let mut messages = pubsub.into_on_message();
+    let p = RedisPublisher::builder()
+        .config(RedisConfig {
+            mode: Mode::Pubsub,
+            ..RedisConfig::from_url(&cluster.url()).expect("url")
+        })
+        .build()
+        .expect("publisher");
+    let sent = Event::text(channel.as_str(), "to every node");
+    p.publish(sent.clone()).await.expect("published");
+    let msg = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("a message");
+    let got = publisher_core::envelope::Envelope::parse(msg.get_payload_bytes())
+        .and_then(publisher_core::envelope::Envelope::into_event)
+        .expect("an envelope");
+    assert_eq!(got.id(), sent.id());
+    assert_eq!(got.payload(), sent.payload());
     p.close().await.expect("close");
 }

@@ -209,6 +209,11 @@ impl RedisCluster {
         cluster
     }
 
+    /// Every node's port.
+    pub fn ports(&self) -> Vec<u16> {
+        self.ports.clone()
+    }
+
     /// `redis+cluster://` listing every node.
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
