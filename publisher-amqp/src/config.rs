@@ -154,7 +154,13 @@ impl AmqpConfig {
     /// # Errors
     /// `Config` naming `url` or the parameter at fault.
     pub fn from_url(url: &str) -> Result<Self> {
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        // The query starts at the first `?` after the user information (a password may hold
+        // one).
+        let after_user = url.rsplit_once('@').map_or(url, |(_, after)| after);
+        let (base, query) = match after_user.split_once('?') {
+            Some((_, query)) => (&url[..url.len() - query.len() - 1], query),
+            None => (url, ""),
+        };
         // Each host of a list checked as a URL of its own (the first stands for them all in
         // errors about the scheme).
         for one in single_host_urls(base)? {
@@ -338,12 +344,13 @@ fn single_host_urls(url: &str) -> Result<Vec<String>> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Ok(vec![url.to_owned()]);
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => (format!("{userinfo}@"), hosts),
-        None => (String::new(), authority),
+    // The user information first, up to the last `@` (a password may hold `/` or `?`).
+    let (userinfo, after) = match rest.rsplit_once('@') {
+        Some((userinfo, after)) => (format!("{userinfo}@"), after),
+        None => (String::new(), rest),
     };
+    let hosts_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let (hosts, tail) = after.split_at(hosts_end);
     if !hosts.contains(',') {
         return Ok(vec![url.to_owned()]);
     }
@@ -411,6 +418,21 @@ mod tests {
             assert_eq!(u.vhost, "v/h");
         }
         assert!(!format!("{c:?}").contains("p%40ss"), "{c:?}");
+        // A password holding `/` or `?` must be percent-encoded; unencoded, it is refused
+        // without being shown, never taken for a host, path or query.
+        let c = AmqpConfig::from_url("amqp://u:s3%2Fc%3Fr@h1,h2/%2f?heartbeat=3").unwrap();
+        assert_eq!(c.heartbeat, Duration::from_secs(3));
+        for u in c.uris().unwrap() {
+            assert_eq!(u.authority.userinfo.password, "s3/c?r");
+        }
+        for url in [
+            "amqp://u:s3/c?r@h1,h2/%2f",
+            "amqp://u:s3?cr@h1,h2/%2f?heartbeat=3",
+        ] {
+            let e = AmqpConfig::from_url(url).unwrap_err();
+            assert_eq!(e.field(), Some("url"), "{url}: {e}");
+            assert!(!format!("{e} {e:?}").contains("s3"), "{url}: {e:?}");
+        }
         for url in ["amqp://h1,,h2/%2f", "amqp://h1,h2:port/%2f", "amqp://,/%2f"] {
             let e = AmqpConfig::from_url(url).unwrap_err();
             assert_eq!(e.field(), Some("url"), "{url}: {e}");

@@ -175,6 +175,9 @@ impl PoolConfig {
 /// (`redis+cluster://***@h1:7000,h2:7001/…`), the hosts, so no secret can leak through it.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
+        // A "URL" with no authority (`u:s3cret@h:1://x` parses as scheme `u` and an opaque
+        // path) shows nothing of itself.
+        Ok(u) if u.cannot_be_a_base() || !url.contains("://") => "<unparseable>".into(),
         Ok(mut u) => {
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
@@ -190,10 +193,9 @@ pub fn redact_url(url: &str) -> String {
             Some((scheme, rest)) => {
                 let after_user = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
                 let hosts = authority_of(after_user);
-                let listed = !hosts.is_empty()
-                    && hosts
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b".-_:,[]".contains(&b));
+                // Shown only when every item is `host[:port]`, the port digits: `u:s3cret`
+                // (a host forgotten after a password) is not a list of hosts.
+                let listed = !hosts.is_empty() && hosts.split(',').all(host_and_port);
                 let plain_scheme = scheme
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
@@ -214,6 +216,30 @@ pub fn redact_url(url: &str) -> String {
             None => "<unparseable>".into(),
         },
     }
+}
+
+/// Whether `item` is `name[:digits]` or `[ipv6][:digits]`, the name of letters, digits,
+/// `.`, `-` and `_`.
+fn host_and_port(item: &str) -> bool {
+    let (host, port) = match item.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((ip, rest))
+                if !ip.is_empty() && ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') =>
+            {
+                match rest.strip_prefix(':') {
+                    Some(port) => return port.bytes().all(|b| b.is_ascii_digit()),
+                    None => return rest.is_empty(),
+                }
+            }
+            _ => return false,
+        },
+        None => item.split_once(':').unwrap_or((item, "")),
+    };
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_".contains(&b))
+        && port.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The authority of `rest`, the part of a URL after `scheme://`: up to the first `/`, `?`
@@ -280,6 +306,12 @@ mod tests {
                 "redis+cluster://h1:7000,h2:7001",
             ),
             ("u:s3cret@h:1://x", "<unparseable>"),
+            ("redis://:s3cret", "redis://<unparseable>"),
+            ("redis://u:s3cret", "redis://<unparseable>"),
+            (
+                "redis+cluster://h1:7000,u:s3cret",
+                "redis+cluster://<unparseable>",
+            ),
         ] {
             assert_eq!(redact_url(url), shown, "{url}");
         }

@@ -346,7 +346,8 @@ pub async fn consume(
                 None => {}
             }
         }
-        loop {
+        let last = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < last {
             match c.poll(Duration::from_millis(200)) {
                 Some(Ok(msg)) => out.push(event_from_message(&msg)?),
                 Some(Err(rdkafka::error::KafkaError::MessageConsumption(

@@ -136,9 +136,14 @@ impl RedisConfig {
     /// `Config` naming `url` or the parameter at fault.
     pub fn from_url(url: &str) -> Result<Self> {
         let scheme = check_scheme(url)?;
-        // A list of hosts is not one URL to url's parser: the query is split off by hand and
-        // the hosts are checked one by one (`topology::hosts`).
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        // A list of hosts is not one URL to url's parser: the query is split off by hand (after
+        // the user information, which may hold a `?`) and the hosts are checked one by one
+        // (`topology::hosts`).
+        let after_user = topology::split_userinfo(url).1;
+        let (base, query) = match after_user.split_once('?') {
+            Some((_, query)) => (&url[..url.len() - query.len() - 1], query),
+            None => (url, ""),
+        };
         let single = match scheme.kind {
             Kind::Single => Some(url::Url::parse(url).map_err(|e| {
                 bad("url", format!("malformed Redis URL `{}`", redact(url))).with_source(e)
@@ -256,7 +261,10 @@ impl RedisConfig {
         // A URL that reached us through a config file or the environment (not `from_url`) still
         // carries its query: ours would be silently ignored by redis-rs, so they are refused
         // with the field to set instead.
-        let query = url.split_once('?').map_or("", |(_, q)| q);
+        let query = topology::split_userinfo(url)
+            .1
+            .split_once('?')
+            .map_or("", |(_, q)| q);
         for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
             match k.as_ref() {
                 PROTOCOL => check_protocol(&v)?,
@@ -362,7 +370,11 @@ fn check_protocol(v: &str) -> Result<()> {
 
 /// The URL's scheme, refused when unknown or when it needs TLS and the `tls` feature is off.
 fn check_scheme(url: &str) -> Result<Scheme> {
-    let Some((name, _)) = url.split_once("://") else {
+    let plain = |name: &str| {
+        name.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    };
+    let Some((name, _)) = url.split_once("://").filter(|(name, _)| plain(name)) else {
         return Err(bad(
             "url",
             format!(
@@ -517,8 +529,27 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(e.field(), Some("min_receivers"), "{e}");
-        let e = RedisConfig::from_url("redis+cluster://u:s3cret@h1,h2:bad").unwrap_err();
-        assert!(!e.to_string().contains("s3cret"), "{e}");
+        for url in [
+            "redis+cluster://u:s3cret@h1,h2:bad",
+            "redis+cluster://u:s3/cret@h1,h2:bad",
+            "redis+cluster://u:12/s3cret@h1,h2/5",
+            "redis+sentinel://u:s3?cret@h1,h2",
+            "redis+cluster://u:s3cret",
+            "u:s3cret@h:1://x",
+        ] {
+            let e = RedisConfig::from_url(url).unwrap_err();
+            assert!(!e.to_string().contains("s3"), "{url}: {e}");
+            assert!(!format!("{e:?}").contains("s3"), "{url}: {e:?}");
+        }
+        // A password with `/` and `?` (percent-encoded or not) stays the password.
+        let c = RedisConfig::from_url("redis+sentinel://:a/b?c@h1,h2/m?maxlen=3").unwrap();
+        assert_eq!(c.maxlen, Some(3));
+        let hosts = topology::hosts(c.url.expose(), Scheme::of(c.url.expose()).unwrap()).unwrap();
+        assert_eq!(hosts.password.as_deref(), Some("a/b?c"));
+        assert_eq!(hosts.master.as_deref(), Some("m"));
+        let c = RedisConfig::from_url("redis+cluster://u:a/b@h1").unwrap();
+        let hosts = topology::hosts(c.url.expose(), Scheme::of(c.url.expose()).unwrap()).unwrap();
+        assert_eq!(hosts.nodes, ["redis://u:a%2Fb@h1:6379"]);
     }
 
     #[test]

@@ -8,6 +8,9 @@ use crate::BACKEND;
 
 /// Server error codes that mean "try again later".
 const TRANSIENT_CODES: &[&str] = &[
+    // A cluster's redirections, left after the retries within the publish timeout.
+    "MOVED",
+    "ASK",
     "READONLY",
     "LOADING",
     "BUSY",

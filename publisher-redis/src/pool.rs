@@ -183,12 +183,9 @@ pub(crate) enum Source {
     Cluster(Box<ClusterSource>),
 }
 
-/// The cluster connection publishes share, replaced when it failed at the connection level.
-///
-/// redis-rs's cluster connection reconnects to a node and reads the slot map again on its
-/// own, but only while it may retry, and its retries re-send commands (see
-/// `topology::cluster_client`): with them off, a connection that failed is replaced whole,
-/// which reads the slot map from the first node that answers.
+/// The cluster connection publishes share, made on first use. redis-rs's cluster connection
+/// reconnects to a node that failed and reads the slot map again on its own (with its retries
+/// off, see `topology::cluster_client`, it still does), so it is never replaced.
 pub(crate) struct ClusterSource {
     client: ClusterClient,
     shared: SharedHandle<ClusterHandle>,
@@ -205,7 +202,8 @@ impl ClusterSource {
     }
 
     async fn get(&self) -> Result<ClusterHandle> {
-        self.shared
+        let handle = self
+            .shared
             .get_or_replace(ClusterHandle::usable, || async {
                 if self.closed.load(Ordering::Acquire) {
                     return Err(publisher_core::Error::closed(crate::BACKEND));
@@ -215,25 +213,29 @@ impl ClusterSource {
                     .get_async_connection()
                     .await
                     .map_err(from_redis)?;
-                Ok(ClusterHandle {
-                    conn,
-                    broken: Arc::new(AtomicBool::new(false)),
-                })
+                Ok(ClusterHandle { conn })
             })
-            .await
+            .await?;
+        // A connection made while close ran: close took the slot before it was stored, so it
+        // is taken here (whichever of the two comes last lets go of it).
+        if self.closed.load(Ordering::Acquire) {
+            self.shared.take();
+            return Err(publisher_core::Error::closed(crate::BACKEND));
+        }
+        Ok(handle)
     }
 }
 
-/// A shared cluster connection and the flag publishes raise when it failed.
+/// The shared cluster connection.
 #[derive(Clone)]
 pub(crate) struct ClusterHandle {
     conn: ClusterConnection,
-    broken: Arc<AtomicBool>,
 }
 
 impl ClusterHandle {
+    /// Always: one node's failure is not the cluster connection's (see [`ClusterSource`]).
     fn usable(&self) -> bool {
-        !self.broken.load(Ordering::Relaxed)
+        true
     }
 }
 
@@ -298,7 +300,9 @@ impl Conn {
         match self {
             Conn::Shared(p) => p.health.broken.store(true, Ordering::Relaxed),
             Conn::Lent(c) => drop(deadpool_redis::Connection::take(c)),
-            Conn::Cluster(c) => c.broken.store(true, Ordering::Relaxed),
+            // One node's failure is not the cluster connection's: redis-rs reconnects to that
+            // node and reads the slot map again by itself.
+            Conn::Cluster(_) => {}
         }
     }
 

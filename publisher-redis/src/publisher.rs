@@ -316,11 +316,12 @@ impl RedisBackend {
     async fn publish_in_cluster(&self, event: &Event) -> Result<Position> {
         let started = Instant::now();
         let give_up = self.config.timeouts.publish / 2;
+        let waited = self.config.wait_replicas > 0;
         let mut pause = Duration::from_millis(20);
         loop {
             let outcome = self.publish_once(event).await;
             match &outcome {
-                Err(e) if not_run(e) && started.elapsed() + pause < give_up => {
+                Err(e) if not_run(e, waited) && started.elapsed() + pause < give_up => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(500));
                 }
@@ -429,8 +430,10 @@ fn short_pipeline(got: usize, sent: usize) -> Error {
 
 /// Whether Redis answered without running the command (so sending it again cannot make a
 /// second entry): a cluster's redirection or refusal while it changes, or no connection to
-/// the node.
-fn not_run(e: &Error) -> bool {
+/// the node. After `XADD` + `WAIT` (`waited`), redis-rs reports the first reply that needs
+/// action, which may be `WAIT`'s own `LOADING` or `MASTERDOWN` after the `XADD` ran: only the
+/// answers `WAIT` (which has no key) never gets count then.
+fn not_run(e: &Error, waited: bool) -> bool {
     let Some(redis) =
         std::error::Error::source(e).and_then(|s| s.downcast_ref::<redis::RedisError>())
     else {
@@ -440,8 +443,9 @@ fn not_run(e: &Error) -> bool {
         || redis.kind() == redis::ErrorKind::ClusterConnectionNotFound
         || matches!(
             redis.code(),
-            Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "LOADING")
+            Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN")
         )
+        || !waited && matches!(redis.code(), Some("MASTERDOWN" | "LOADING"))
 }
 
 /// A cluster's health: `CLUSTER INFO` from every master, each of which must say
@@ -474,12 +478,30 @@ async fn cluster_state(mut conn: Conn) -> Result<String> {
         }
     };
     let mut failing = Vec::new();
+    // The masters serving slots, by the nodes' own count: redis-rs skips a master it has no
+    // connection to, so fewer replies than this is a master missing.
+    let mut size = 0;
     for (node, reply) in &replies {
         let node: String = redis::from_redis_value_ref(node).unwrap_or_else(|_| "a node".into());
         let text: String = redis::from_redis_value_ref(reply).unwrap_or_default();
         if !text.lines().any(|l| l.trim() == "cluster_state:ok") {
             failing.push(node);
         }
+        let said = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("cluster_size:"))
+            .and_then(|n| n.parse::<usize>().ok());
+        size = size.max(said.unwrap_or(0));
+    }
+    if replies.len() < size {
+        return Err(Error::new(
+            ErrorKind::Unavailable,
+            BACKEND,
+            format!(
+                "{} of the cluster's {size} masters answered CLUSTER INFO",
+                replies.len()
+            ),
+        ));
     }
     if failing.is_empty() {
         Ok(format!(
@@ -594,7 +616,7 @@ impl RedisBackend {
             Err(e) => {
                 // redis-rs answers a cluster pipeline with one error when any of its replies
                 // redirects or refuses: the commands before it may have run.
-                let e = if not_run(&e) && matches!(self.source, Source::Cluster(_)) {
+                let e = if not_run(&e, waiting) && matches!(self.source, Source::Cluster(_)) {
                     Error::outcome_unknown(
                         BACKEND,
                         "the cluster redirected or refused part of a pipeline; which of its \

@@ -98,6 +98,9 @@ fn decode(s: &str) -> Result<String> {
 /// `/master[/db]`).
 pub(crate) fn hosts(url: &str, scheme: Scheme) -> Result<Hosts> {
     let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+    // The user information first, up to the last `@`: a password may hold `/` or `?`, and
+    // none of it may be read as a host, a path or a query (or shown in an error).
+    let (userinfo, rest) = split_userinfo(rest);
     let (rest, query) = match rest.split_once('?') {
         Some((rest, query)) => (rest, Some(query)),
         None => (rest, None),
@@ -105,11 +108,7 @@ pub(crate) fn hosts(url: &str, scheme: Scheme) -> Result<Hosts> {
     if rest.contains('#') {
         return Err(bad("the URL has a fragment (`#…`); Redis URLs take none"));
     }
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (userinfo, list) = match authority.rsplit_once('@') {
-        Some((userinfo, list)) => (Some(userinfo), list),
-        None => (None, authority),
-    };
+    let (list, path) = rest.split_once('/').unwrap_or((rest, ""));
     if list.is_empty() {
         return Err(bad("the URL has no host"));
     }
@@ -118,27 +117,30 @@ pub(crate) fn hosts(url: &str, scheme: Scheme) -> Result<Hosts> {
         _ => REDIS_PORT,
     };
     let mut addrs = Vec::new();
-    for host in list.split(',') {
+    // Hosts are named by their place in the list, never quoted: a mistyped URL may have put
+    // part of a password there.
+    for (n, host) in list.split(',').enumerate() {
+        let n = n + 1;
         if host.is_empty() {
-            return Err(bad(
-                "an empty host in the URL's list: expected host[:port] joined by `,`",
-            ));
+            return Err(bad(format!(
+                "host {n} of the URL's list is empty: expected host[:port] joined by `,`"
+            )));
         }
         // Each host checked as one URL's authority: IPv6 literals, ports and
         // percent-encoding are url's to judge, not a hand-written parser's.
         let one = url::Url::parse(&format!("redis://{host}"))
-            .map_err(|e| bad(format!("host `{host}` of the URL's list: {e}")))?;
+            .map_err(|e| bad(format!("host {n} of the URL's list: {e}")))?;
         let name = match one.host() {
             Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
             Some(h) => h.to_string(),
-            None => return Err(bad(format!("host `{host}` of the URL's list has no name"))),
+            None => return Err(bad(format!("host {n} of the URL's list has no name"))),
         };
         if one.path() != "/" && !one.path().is_empty()
             || one.query().is_some()
             || !one.username().is_empty()
         {
             return Err(bad(format!(
-                "host `{host}` of the URL's list is not host[:port]"
+                "host {n} of the URL's list is not host[:port]"
             )));
         }
         addrs.push(format!("{name}:{}", one.port().unwrap_or(default_port)));
@@ -159,10 +161,9 @@ pub(crate) fn hosts(url: &str, scheme: Scheme) -> Result<Hosts> {
     let (master, db) = match scheme.kind {
         Kind::Cluster => {
             if !matches!(path, "" | "0") {
-                return Err(bad(format!(
-                    "a Redis Cluster has one database (0): the URL's path `/{path}` is not \
-                     taken"
-                )));
+                return Err(bad(
+                    "a Redis Cluster has one database (0): the URL takes no path",
+                ));
             }
             (None, 0)
         }
@@ -177,7 +178,7 @@ pub(crate) fn hosts(url: &str, scheme: Scheme) -> Result<Hosts> {
             let db = match segments.next() {
                 None | Some("") => 0,
                 Some(db) => db.parse::<i64>().ok().filter(|d| *d >= 0).ok_or_else(|| {
-                    bad(format!("database `{db}` in the URL's path is not a number"))
+                    bad("the database in the URL's path (/master/db) is not a number")
                 })?,
             };
             if segments.next().is_some_and(|s| !s.is_empty()) {
@@ -187,15 +188,24 @@ pub(crate) fn hosts(url: &str, scheme: Scheme) -> Result<Hosts> {
         }
         Kind::Single => unreachable!("single-node URLs are parsed by url::Url"),
     };
-    let user = match (scheme.kind, userinfo) {
-        (Kind::Cluster, Some(info)) => format!("{info}@"),
-        _ => String::new(),
-    };
-    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
-    let nodes = addrs
-        .iter()
-        .map(|addr| format!("{}://{user}{addr}{query}", scheme.node()))
-        .collect();
+    // A cluster's nodes take the user and password (encoded again by url, whatever the
+    // original left unencoded); sentinels are asked without.
+    let mut nodes = Vec::with_capacity(addrs.len());
+    for addr in &addrs {
+        let mut node = url::Url::parse(&format!("{}://{addr}", scheme.node()))
+            .map_err(|e| bad(format!("a host of the URL's list: {e}")))?;
+        if scheme.kind == Kind::Cluster {
+            let refused = || bad("the URL's user or password cannot be carried to the nodes");
+            if let Some(user) = &username {
+                node.set_username(user).map_err(|()| refused())?;
+            }
+            if let Some(password) = &password {
+                node.set_password(Some(password)).map_err(|()| refused())?;
+            }
+        }
+        node.set_query(query);
+        nodes.push(node.to_string());
+    }
     Ok(Hosts {
         nodes,
         master,
@@ -203,6 +213,15 @@ pub(crate) fn hosts(url: &str, scheme: Scheme) -> Result<Hosts> {
         username,
         password,
     })
+}
+
+/// `rest` (a URL after `scheme://`) split at its last `@` into the user information and what
+/// follows; no `@`, no user information.
+pub(crate) fn split_userinfo(rest: &str) -> (Option<&str>, &str) {
+    match rest.rsplit_once('@') {
+        Some((userinfo, after)) => (Some(userinfo), after),
+        None => (None, rest),
+    }
 }
 
 /// A connection to a single node or to a cluster; commands and pipelines go to whichever it
