@@ -63,6 +63,25 @@ impl Drop for Node {
     }
 }
 
+/// Starts a node on a free port (`args` makes its arguments for that port) and waits until it
+/// answers PING; on another port when it does not within 5 s (a port another test took
+/// between our check and the server's bind: the server exits), at most 5 times.
+async fn start_node(dir: &Path, args: impl Fn(u16) -> Vec<String>) -> Node {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut node = Node::spawn(port, dir, &args(port));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if ask_text(port, &cmd(&["PING"])).await.as_deref() == Some("PONG") {
+                return node;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        node.kill();
+    }
+    panic!("a redis-server of the test's own did not start in 5 attempts");
+}
+
 /// A command to one node, by redis-rs, bounded.
 async fn ask(port: u16, cmd: &redis::Cmd) -> Option<redis::Value> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
@@ -135,45 +154,39 @@ impl RedisCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut nodes = Vec::new();
         for _ in 0..6 {
-            let (port, bus) = (free_port(), free_port());
-            let args: Vec<String> = [
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--cluster-enabled",
-                "yes",
-                "--cluster-port",
-                &bus.to_string(),
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "1000",
-                // A replica may take over however long ago it last heard from its master
-                // (by default an idle minute makes it ineligible, and nothing fails over).
-                "--cluster-replica-validity-factor",
-                "0",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            nodes.push(Node::spawn(port, dir.path(), &args));
+            let node = start_node(dir.path(), |port| {
+                [
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &free_port().to_string(),
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    // A replica may take over however long ago it last heard from its master
+                    // (by default an idle minute makes it ineligible, and nothing fails over).
+                    "--cluster-replica-validity-factor",
+                    "0",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+            })
+            .await;
+            nodes.push(node);
         }
         let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
-        for &port in &ports {
-            wait_until(
-                Duration::from_secs(10),
-                "a cluster node did not start",
-                || async move { ask_text(port, &cmd(&["PING"])).await.as_deref() == Some("PONG") },
-            )
-            .await;
-        }
         let created = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
@@ -425,47 +438,42 @@ impl Sentineled {
             .map(|s| s.to_string())
             .collect()
         };
-        let (master_port, replica_port) = (free_port(), free_port());
-        let master = Node::spawn(master_port, dir.path(), &data(master_port));
-        let mut replica_args = data(replica_port);
-        replica_args.extend([
-            "--replicaof".into(),
-            "127.0.0.1".into(),
-            master_port.to_string(),
-        ]);
-        let replica = Node::spawn(replica_port, dir.path(), &replica_args);
-        for port in [master_port, replica_port] {
-            wait_until(
-                Duration::from_secs(10),
-                "a node did not start",
-                || async move { ask_text(port, &cmd(&["PING"])).await.as_deref() == Some("PONG") },
-            )
-            .await;
-        }
+        let master = start_node(dir.path(), data).await;
+        let master_port = master.port;
+        let replica = start_node(dir.path(), |port| {
+            let mut args = data(port);
+            args.extend([
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                master_port.to_string(),
+            ]);
+            args
+        })
+        .await;
+        let replica_port = replica.port;
         let mut sentinels = Vec::new();
         let mut sentinel_ports = Vec::new();
         for _ in 0..3 {
-            let port = free_port();
-            let conf_dir = dir.path().join(port.to_string());
+            let conf_dir = dir.path().join(format!("sentinel-{}", sentinels.len()));
             std::fs::create_dir_all(&conf_dir).expect("dir");
             let conf = conf_dir.join("sentinel.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "port {port}\nbind 127.0.0.1\n\
-                     sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
-                     sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
-                     sentinel failover-timeout {MASTER_NAME} 5000\n\
-                     sentinel parallel-syncs {MASTER_NAME} 1\n"
-                ),
-            )
-            .expect("sentinel.conf");
-            sentinels.push(Node::spawn(
-                port,
-                dir.path(),
-                &[conf.display().to_string(), "--sentinel".into()],
-            ));
-            sentinel_ports.push(port);
+            let sentinel = start_node(dir.path(), |port| {
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "port {port}\nbind 127.0.0.1\n\
+                         sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+                         sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                         sentinel failover-timeout {MASTER_NAME} 5000\n\
+                         sentinel parallel-syncs {MASTER_NAME} 1\n"
+                    ),
+                )
+                .expect("sentinel.conf");
+                vec![conf.display().to_string(), "--sentinel".into()]
+            })
+            .await;
+            sentinel_ports.push(sentinel.port);
+            sentinels.push(sentinel);
         }
         let s = Sentineled {
             master: tokio::sync::Mutex::new(master),
