@@ -1319,7 +1319,21 @@ async fn across_fault(
     let fault = std::sync::Mutex::new(Some(fault));
     let started = Arc::new(std::sync::Mutex::new(None));
     let handle = started.clone();
+    // The longest time without an acknowledgement from the fault on: the pause it caused.
+    let pause = Arc::new(std::sync::Mutex::new((
+        None::<std::time::Instant>,
+        Duration::ZERO,
+    )));
+    let pauses = pause.clone();
     let on_ok = Arc::new(move |ok: usize| {
+        if ok >= 1_000 {
+            let now = std::time::Instant::now();
+            let mut p = pauses.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(last) = p.0 {
+                p.1 = p.1.max(now - last);
+            }
+            p.0 = Some(now);
+        }
         if ok == 1_000
             && let Some(fault) = fault.lock().unwrap_or_else(|p| p.into_inner()).take()
         {
@@ -1340,6 +1354,10 @@ async fn across_fault(
         .await
         .expect("the fault panicked");
     assert_recovers(&*p, topic, &mut records).await;
+    let longest = pause.lock().unwrap_or_else(|p| p.into_inner()).1;
+    println!(
+        "history {scenario}: longest pause between acknowledgements after the fault {longest:?}"
+    );
     conclude(oh, &*p, topic, scenario, records, Faults::Injected).await
 }
 

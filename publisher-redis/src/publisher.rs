@@ -319,7 +319,15 @@ impl RedisBackend {
         let waited = self.config.wait_replicas > 0;
         let mut pause = Duration::from_millis(20);
         loop {
-            let outcome = self.publish_once(event).await;
+            let mut outcome = self.publish_once(event).await;
+            // `ASK`: the slot is moving and this key is already on the node named; that node
+            // takes the command after `ASKING` (redis-rs's retries, which would send it, are
+            // off: see `topology::cluster_client`).
+            if let Err(e) = &outcome
+                && let Some(addr) = asked_to(e)
+            {
+                outcome = self.publish_asking(event, &addr).await;
+            }
             match &outcome {
                 Err(e) if not_run(e, waited) && started.elapsed() + pause < give_up => {
                     tokio::time::sleep(pause).await;
@@ -328,6 +336,60 @@ impl RedisBackend {
                 _ => return outcome,
             }
         }
+    }
+
+    /// Sends `ASKING` and the event's command (with `WAIT` when asked) to the node at `addr`
+    /// (`host:port`, from an `ASK` redirection), in one pipeline on that node's connection.
+    async fn publish_asking(&self, event: &Event, addr: &str) -> Result<Position> {
+        use redis::cluster_routing::SingleNodeRoutingInfo;
+        let Some((host, port)) = addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_owned(), p.parse().ok()?)))
+        else {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                BACKEND,
+                "Redis redirected the command (ASK) to an address that does not read as host:port",
+            ));
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("ASKING");
+        pipe.add_command(self.command(event));
+        let waiting = self.config.wait_replicas > 0;
+        if waiting {
+            pipe.add_command(self.wait_command());
+        }
+        let count = pipe.len();
+        let mut conn = self.source.get(&self.config.pool).await?;
+        let Some(cluster) = conn.cluster() else {
+            return Err(Error::new(
+                ErrorKind::Other,
+                BACKEND,
+                "ASK outside a cluster",
+            ));
+        };
+        let replies = cluster
+            .route_pipeline(
+                pipe,
+                0,
+                count,
+                SingleNodeRoutingInfo::ByAddress { host, port },
+            )
+            .await
+            .map_err(from_command)?;
+        if replies.len() != count {
+            return Err(short_pipeline(replies.len(), count));
+        }
+        let mut replies = replies.into_iter().skip(1).map(|v| match v {
+            redis::Value::ServerError(e) => Err(redis::RedisError::from(e)),
+            v => Ok(v),
+        });
+        let added = replies.next().ok_or_else(|| short_pipeline(0, count))?;
+        let position = self.position(event, added)?;
+        if let Some(waited) = replies.next() {
+            self.replicated(waited)?;
+        }
+        Ok(position)
     }
 
     /// `XADD` then `WAIT`, pipelined on one connection: `WAIT` counts the replicas that hold
@@ -446,6 +508,15 @@ fn not_run(e: &Error, waited: bool) -> bool {
             Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN")
         )
         || !waited && matches!(redis.code(), Some("MASTERDOWN" | "LOADING"))
+}
+
+/// The node an `ASK` redirection names (`host:port`), if `e` is one.
+fn asked_to(e: &Error) -> Option<String> {
+    let redis = std::error::Error::source(e).and_then(|s| s.downcast_ref::<redis::RedisError>())?;
+    match redis.code() {
+        Some("ASK") => redis.redirect_node().map(|(addr, _)| addr.to_owned()),
+        _ => None,
+    }
 }
 
 /// A cluster's health: `CLUSTER INFO` from every master, each of which must say

@@ -265,3 +265,87 @@ async fn cluster_pubsub_reaches_a_subscriber_on_another_node() {
     assert_eq!(got.payload(), sent.payload());
     p.close().await.expect("close");
 }
+
+/// A slot moving between masters: a key already migrated answers `ASK` on the old master, and
+/// the publish follows it with `ASKING` to the new one; after the move, `MOVED` is followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrating_key_is_followed_by_ask_then_moved() {
+    if tools_missing() {
+        return;
+    }
+    let cluster = RedisCluster::start().await;
+    let topic = topics(1).remove(0);
+    let p = opener(cluster.url(), 0)().await.expect("publisher");
+    p.publish(Event::text(topic.as_str(), "before"))
+        .await
+        .expect("before");
+    let source = cluster.master_of(&topic).await;
+    let target = cluster
+        .masters()
+        .await
+        .into_iter()
+        .find(|m| *m != source)
+        .expect("another master");
+    let slot = cluster.keyslot(&topic).await;
+    let (source_id, target_id) = (cluster.id(source).await, cluster.id(target).await);
+    cluster
+        .run(
+            target,
+            &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id],
+        )
+        .await;
+    cluster
+        .run(
+            source,
+            &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id],
+        )
+        .await;
+    cluster
+        .run(
+            source,
+            &[
+                "MIGRATE",
+                "127.0.0.1",
+                &target.to_string(),
+                "",
+                "0",
+                "5000",
+                "KEYS",
+                &topic,
+            ],
+        )
+        .await;
+
+    // The old master answers ASK for the migrated key: the publish lands on the new one.
+    p.publish(Event::text(topic.as_str(), "during"))
+        .await
+        .expect("ASK followed");
+    assert_eq!(
+        cluster.xlen_asking(target, &topic).await,
+        2,
+        "both entries on the new master"
+    );
+
+    for port in cluster.masters().await {
+        cluster
+            .run(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &target_id])
+            .await;
+    }
+    p.publish(Event::text(topic.as_str(), "after"))
+        .await
+        .expect("MOVED followed");
+    let mut conn = publisher_redis::testing::connect(&cluster.url())
+        .await
+        .expect("probe");
+    let got: Vec<_> = xrange(&mut conn, &topic)
+        .await
+        .expect("xrange")
+        .iter()
+        .map(|e| e.payload().clone())
+        .collect();
+    assert_eq!(
+        got,
+        ["before", "during", "after"].map(|s| bytes::Bytes::from_static(s.as_bytes()))
+    );
+    p.close().await.expect("close");
+}

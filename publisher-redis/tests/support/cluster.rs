@@ -222,6 +222,80 @@ impl RedisCluster {
         cluster
     }
 
+    /// The ports of the masters that serve slots.
+    pub async fn masters(&self) -> Vec<u16> {
+        let live = self.live_ports().await;
+        let nodes = ask_text(live[0], &cmd(&["CLUSTER", "NODES"]))
+            .await
+            .expect("CLUSTER NODES");
+        nodes
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let serving =
+                    fields.len() > 8 && fields[2].contains("master") && !fields[2].contains("fail");
+                serving
+                    .then(|| {
+                        fields[1]
+                            .split('@')
+                            .next()?
+                            .rsplit_once(':')?
+                            .1
+                            .parse()
+                            .ok()
+                    })
+                    .flatten()
+            })
+            .collect()
+    }
+
+    /// `key`'s hash slot.
+    pub async fn keyslot(&self, key: &str) -> String {
+        let value = ask(self.ports[0], &cmd(&["CLUSTER", "KEYSLOT", key]))
+            .await
+            .expect("CLUSTER KEYSLOT");
+        redis::from_redis_value::<i64>(value)
+            .expect("slot")
+            .to_string()
+    }
+
+    /// A node's id.
+    pub async fn id(&self, port: u16) -> String {
+        ask_text(port, &cmd(&["CLUSTER", "MYID"]))
+            .await
+            .expect("CLUSTER MYID")
+    }
+
+    /// Runs a command on one node, panicking when it fails.
+    pub async fn run(&self, port: u16, args: &[&str]) {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connection");
+        cmd(args)
+            .query_async::<redis::Value>(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{args:?} on {port}: {e}"));
+    }
+
+    /// `XLEN key` on one node, after `ASKING` (for a key of a slot it is importing).
+    pub async fn xlen_asking(&self, port: u16, key: &str) -> i64 {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connection");
+        let (_, n): (redis::Value, i64) = redis::pipe()
+            .cmd("ASKING")
+            .cmd("XLEN")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .expect("ASKING XLEN");
+        n
+    }
+
     /// Every node's port.
     pub fn ports(&self) -> Vec<u16> {
         self.ports.clone()
