@@ -4,6 +4,8 @@
 
 pub mod backend;
 mod batch;
+#[cfg(feature = "cloudevents")]
+pub mod cloudevents;
 pub mod config;
 pub mod envelope;
 mod error;
